@@ -1,0 +1,43 @@
+# prunekit: `make run` and `make test` set everything up on a fresh machine (idempotent).
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.setup-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+TORCH   := torch==2.14.1 torchvision==0.29.1
+FMNIST  := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup run test test-all bench lint data clean
+
+setup: $(STAMP)
+
+$(STAMP):
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH) -e '.[dev]'
+	rm -f $(VENV)/.setup-*
+	touch $(STAMP)
+
+# Fashion-MNIST from Debian's package, where apt is there (optional: the default job uses embedded data)
+data:
+	@test -d $(FMNIST) || (command -v apt-get >/dev/null && \
+	  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) || \
+	  echo "note: Fashion-MNIST not installed (apt install dataset-fashion-mnist); only needed for benchmarks")
+
+run: setup
+	$(BIN)/prunekit compare --strategies chex,magnitude,random
+
+test: setup
+	$(BIN)/python -m pytest -q -x --timeout=900
+
+test-all: setup data
+	$(BIN)/python -m pytest -q -m "slow or not slow" --timeout=3600
+
+bench: setup data
+	$(BIN)/python benchmarks/run_all.py
+
+lint: setup
+	$(BIN)/ruff check prunekit graphs strategies tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info

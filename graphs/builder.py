@@ -1,0 +1,134 @@
+"""``build_graph``: trace a model, propagate channel atoms through the coupling rules, and gather the
+coupled channels into ChannelGroups (connected components of producer spaces, held in networkx)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import networkx as nx
+import torch
+from torch import nn
+
+from .atoms import Atoms
+from .graph import ChannelGraph, ChannelGroup, Member
+from .rules import Propagator
+from .trace import GraphBuildError, record, trace, unwrap
+
+PRODUCER_ROLES = ("out", "fresh")
+MAX_REASONS = 5
+
+
+def as_inputs(example_inputs: Any) -> tuple[Any, ...]:
+    """``example_inputs`` as a tuple of positional arguments; a clear error for anything else."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)) and example_inputs:
+        return tuple(example_inputs)
+    raise TypeError(
+        f"example_inputs must be a tensor or a non-empty tuple of the model's positional inputs, "
+        f"got {type(example_inputs).__name__}; for an image model pass e.g. torch.randn(1, 3, 224, 224)"
+    )
+
+
+def build_graph(
+    model: nn.Module, example_inputs: Any, leaf_modules: Iterable[type | str] = ()
+) -> ChannelGraph:
+    """The channel dependency graph of ``model`` traced on ``example_inputs``.
+
+    ``leaf_modules``: module classes or qualified names that fx should not trace into (their channels are
+    frozen at their boundary). Raises GraphBuildError when fx cannot trace or the inputs do not fit.
+    """
+    model = unwrap(model)
+    inputs = as_inputs(example_inputs)
+    gm = trace(model, tuple(leaf_modules))
+    values = record(gm, inputs)
+    atoms = Atoms()
+    prop = Propagator(gm, values, atoms)
+    prop.run()
+    terms = []
+    for t in prop.macs_terms:
+        w = prop.modules[t.module].weight
+        terms.append((t.module, t.coef, w.shape[0], w.shape[1]))
+    groups, frozen = _gather(atoms)
+    return ChannelGraph(groups, frozen, type(model).__name__, terms)
+
+
+def _gather(atoms: Atoms) -> tuple[list[ChannelGroup], list[ChannelGroup]]:
+    roots = atoms.roots()
+    n = len(roots)
+    blocks = atoms.blocks
+    # each class is owned by the first producer space (conv/linear output, fresh space) that holds it;
+    # classes no producer holds (a parameter never coupled to a tensor) are owned by their own block
+    owner = torch.full((n,), -1, dtype=torch.long)
+    g = nx.Graph()
+    for pass_roles in (PRODUCER_ROLES, None):
+        for bi, b in enumerate(blocks):
+            if (pass_roles is not None) != (b.role in PRODUCER_ROLES):
+                continue
+            r = roots[b.start : b.start + b.size]
+            mine = owner[r] == -1
+            if pass_roles is None and not bool(mine.any()):
+                continue
+            owner[r[mine]] = bi
+            g.add_node(bi)
+            if pass_roles is not None:
+                for other in torch.unique(owner[r]).tolist():
+                    if other != bi:
+                        g.add_edge(bi, other)
+    components = sorted((sorted(c) for c in nx.connected_components(g)), key=lambda c: c[0])
+
+    frozen_why: dict[int, list[str]] = {}
+    for at, reason in atoms.frozen:
+        for r in torch.unique(roots[at]).tolist():
+            lst = frozen_why.setdefault(r, [])
+            if reason not in lst and len(lst) < MAX_REASONS:
+                lst.append(reason)
+
+    gmap = torch.full((n,), -1, dtype=torch.long)  # root -> group index
+    cmap = torch.full((n,), -1, dtype=torch.long)  # root -> channel index within its group
+    metas = []
+    used_ids: set[str] = set()
+    for gi, comp in enumerate(components):
+        size = 0
+        reasons: list[str] = []
+        for bi in comp:
+            b = blocks[bi]
+            for r in roots[b.start : b.start + b.size].tolist():
+                if owner[r] == bi and gmap[r] == -1:
+                    gmap[r], cmap[r] = gi, size
+                    size += 1
+                    for why in frozen_why.get(r, ()):
+                        if why not in reasons and len(reasons) < MAX_REASONS:
+                            reasons.append(why)
+        first = blocks[comp[0]]
+        gid = first.module if first.role == "out" and first.module else first.name
+        base, k = gid, 2
+        while gid in used_ids:
+            gid, k = f"{base}#{k}", k + 1
+        used_ids.add(gid)
+        producers = [blocks[bi].module for bi in comp if blocks[bi].role == "out"]
+        metas.append((gid, size, producers, reasons))
+
+    members: list[list[Member]] = [[] for _ in components]
+    for b in blocks:
+        if b.role == "fresh":
+            continue
+        r = roots[b.start : b.start + b.size]
+        gi, ch = gmap[r], cmap[r]
+        for k in torch.unique(gi).tolist():
+            pos = torch.nonzero(gi == k).flatten()
+            members[k].append(Member(b.module, b.param, b.dim, pos, ch[pos], b.role))
+
+    groups, frozen = [], []
+    for (gid, size, producers, reasons), mem in zip(metas, members):
+        if size == 0:
+            continue
+        grp = ChannelGroup(gid, size, mem, producers, reasons)
+        if not reasons and not producers:
+            grp.reasons.append("no layer produces these channels")
+        (frozen if grp.reasons else groups).append(grp)
+    return groups, frozen
+
+
+__all__ = ["build_graph", "GraphBuildError", "as_inputs"]

@@ -1,0 +1,155 @@
+"""torch.fx tracing for the channel graph: a tracer with user leaf modules, errors that say where tracing
+broke, and an interpreter that records every node's value on the example inputs (shapes, and the plain
+Python values that shape ops need)."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+
+class GraphBuildError(RuntimeError):
+    """The channel graph cannot be built for this model or these inputs."""
+
+
+class _Tracer(fx.Tracer):
+    def __init__(self, leaf_types: tuple[type, ...], leaf_names: set[str]):
+        super().__init__()
+        self.leaf_types = leaf_types
+        self.leaf_names = leaf_names
+        self.pk_stack: list[tuple[str, str]] = []
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if qualname in self.leaf_names or (self.leaf_types and isinstance(m, self.leaf_types)):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        qualname = self.path_of_module(m)
+        self.pk_stack.append((qualname, type(m).__name__))
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            self.pk_stack.pop()
+
+
+def unwrap(model: Any) -> nn.Module:
+    """The bare module of ``model`` (DDP / DataParallel wrappers removed); a clear error for a non-module."""
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"expected a torch.nn.Module, got {type(model).__name__}; pass the model object itself "
+            "(for example torchvision.models.resnet18()), not its class, state_dict or a checkpoint path"
+        )
+    return model
+
+
+def trace(model: nn.Module, leaf_modules: Iterable[type | str] = ()) -> fx.GraphModule:
+    """Trace ``model`` symbolically. ``leaf_modules``: module classes or qualified names kept opaque."""
+    leaf_types = tuple(x for x in leaf_modules if isinstance(x, type))
+    leaf_names = {x for x in leaf_modules if isinstance(x, str)}
+    bad = [x for x in leaf_modules if not isinstance(x, (type, str))]
+    if bad:
+        raise TypeError(f"leaf_modules takes module classes or qualified names, got {bad!r}")
+    unknown = sorted(n for n in leaf_names if n not in dict(model.named_modules()))
+    if unknown:
+        raise GraphBuildError(f"leaf_modules names {unknown} that are not submodules of the model")
+    tracer = _Tracer(leaf_types, leaf_names)
+    try:
+        graph = tracer.trace(model)
+    except Exception as e:  # fx raises many types; re-raise one that says where and what to do
+        where = tracer.pk_stack[-1] if tracer.pk_stack else ("", type(model).__name__)
+        frame = _user_frame(e)
+        name = where[0] or "<root>"
+        raise GraphBuildError(
+            f"torch.fx cannot trace the model: in module {name!r} ({where[1]}){frame}: "
+            f"{type(e).__name__}: {e}\n"
+            f"If that module cannot be traced (data-dependent control flow, non-torch calls), keep it opaque "
+            f"with build_graph(..., leaf_modules=[{where[1]}]) or leaf_modules=['{name}']; its channels are "
+            f"then frozen at its boundary."
+        ) from e
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def _user_frame(e: BaseException) -> str:
+    """' at file:line' of the innermost traceback frame outside torch, if any."""
+    frames = traceback.extract_tb(e.__traceback__)
+    for fr in reversed(frames):
+        if "/torch/" not in fr.filename and "graphs/trace.py" not in fr.filename:
+            return f" at {fr.filename}:{fr.lineno} ({(fr.line or '').strip()})"
+    return ""
+
+
+class _Recorder(fx.Interpreter):
+    """Runs the traced graph once and keeps each node's value: tensors as (shape, dtype) meta-tensors on
+    the 'meta' device, everything else as is."""
+
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm, garbage_collect_values=True)
+        self.values: dict[fx.Node, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            out = super().run_node(n)
+        except Exception as e:
+            where = f"module {n.target!r}" if n.op == "call_module" else f"{n.op} {n.target}"
+            raise GraphBuildError(
+                f"running the model on example_inputs failed at node {n.name!r} ({where}): "
+                f"{type(e).__name__}: {str(e).splitlines()[0]}\nCheck that example_inputs have the shape and dtype the model "
+                f"expects (for images: a batch [N, C, H, W] with the model's C and a large enough H, W)."
+            ) from e
+        self.values[n] = _to_meta(out)
+        return out
+
+
+def _to_meta(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return torch.empty(v.shape, dtype=v.dtype, device="meta")
+    if isinstance(v, (list, tuple)) and not hasattr(v, "_fields"):
+        return type(v)(_to_meta(x) for x in v)
+    if isinstance(v, tuple):  # namedtuple
+        return type(v)(*(_to_meta(x) for x in v))
+    if isinstance(v, dict):
+        return {k: _to_meta(x) for k, x in v.items()}
+    return v
+
+
+def record(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> dict[fx.Node, Any]:
+    """Each node's value on ``example_inputs`` (tensors as meta tensors). Runs without grad, with every
+    module in eval mode (restored afterwards) so BatchNorm statistics are not touched. Shapes are
+    computed with fake tensors (no arithmetic, so fast on any input size); a model that needs real
+    values (data-dependent shapes) is run for real instead."""
+    modes = {m: m.training for m in gm.modules()}
+    try:
+        gm.eval()
+        with torch.no_grad():
+            try:
+                from torch._subclasses.fake_tensor import FakeTensorMode
+
+                with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+                    fake = tuple(mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in example_inputs)
+                    rec = _Recorder(gm)
+                    rec.run(*fake)
+                    return rec.values
+            except GraphBuildError as e:
+                if not _fake_limitation(e.__cause__):
+                    raise
+            rec = _Recorder(gm)
+            rec.run(*example_inputs)
+            return rec.values
+    finally:
+        for m, t in modes.items():
+            m.training = t
+
+
+def _fake_limitation(e: BaseException | None) -> bool:
+    """Whether ``e`` comes from fake tensors not supporting an op (rather than from bad inputs)."""
+    name = type(e).__name__
+    return name in {"DataDependentOutputException", "DynamicOutputShapeException", "UnsupportedFakeTensorException",
+                    "UnsupportedOperatorException", "GuardOnDataDependentSymNode"} or "fake" in str(e).lower()

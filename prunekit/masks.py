@@ -1,0 +1,54 @@
+"""Keep masks applied to a model in place: pruned channels zeroed in every member, so the masked model
+computes what the slimmed one does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.graphs import ChannelGraph
+from prunekit.graphs.trace import unwrap
+
+Positions = dict[tuple[str, str], list[tuple[int, torch.Tensor]]]
+
+
+def pruned_positions(graph: ChannelGraph, keep: dict[str, Any]) -> Positions:
+    """{(module, param): [(dim, positions to zero), ...]} for the channels ``keep`` prunes."""
+    keep = graph.validate_keep(keep)
+    out: Positions = {}
+    for gid, mask in keep.items():
+        if bool(mask.all()):
+            continue
+        for m in graph[gid].members:
+            pos = m.positions[~mask[m.channels]]
+            if len(pos):
+                out.setdefault((m.module, m.param), []).append((m.dim, pos))
+    return out
+
+
+def tensor_of(model: nn.Module, module: str, param: str) -> torch.Tensor:
+    mod = model.get_submodule(module) if module else model
+    t = getattr(mod, param, None)
+    if not isinstance(t, torch.Tensor):
+        raise KeyError(
+            f"{module or '<root>'} has no tensor {param!r}: is this the model the graph was built on?"
+        )
+    return t
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, graph: ChannelGraph, keep: dict[str, Any]) -> nn.Module:
+    """Zero the pruned channels of ``keep`` in every member of ``model`` (in place); returns ``model``."""
+    bare = unwrap(model)
+    for (module, param), dims in pruned_positions(graph, keep).items():
+        t = tensor_of(bare, module, param)
+        for dim, pos in dims:
+            if int(pos.max()) >= t.shape[dim]:
+                raise ValueError(
+                    f"{module}.{param} has {t.shape[dim]} positions along dim {dim} but the graph expects more: "
+                    "was the graph built on this model (and before it was slimmed)?"
+                )
+            t.index_fill_(dim, pos.to(t.device), 0)
+    return model

@@ -1,0 +1,78 @@
+"""Physical slimming: a new module with pruned channels removed from every member, and the module
+attributes (in/out channels, features, groups, num_features) updated to match."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.graphs import ChannelGraph
+from prunekit.graphs.trace import unwrap
+
+from .masks import pruned_positions, tensor_of
+
+
+def slim(model: nn.Module, graph: ChannelGraph, keep: dict[str, Any]) -> nn.Module:
+    """A copy of ``model`` with the channels ``keep`` prunes physically removed; ``model`` is untouched.
+
+    ``slim(model, g, keep)(x)`` equals ``apply_masks(copy_of_model, g, keep)(x)`` (eval mode)."""
+    small = copy.deepcopy(unwrap(model))
+    positions = pruned_positions(graph, keep)
+    touched: dict[str, dict[str, torch.Tensor]] = {}
+    with torch.no_grad():
+        for (module, param), dims in positions.items():
+            t = tensor_of(small, module, param)
+            new = t
+            by_dim: dict[int, list[torch.Tensor]] = {}
+            for dim, pos in dims:  # several groups may share one dim (a conv reading a concatenation)
+                by_dim.setdefault(dim, []).append(pos)
+            for dim, parts in by_dim.items():
+                pos = torch.cat(parts)
+                n = new.shape[dim]
+                if int(pos.max()) >= n:
+                    raise ValueError(
+                        f"{module}.{param} has {n} positions along dim {dim}; the graph expects more: "
+                        "was the graph built on this model (and before it was slimmed)?"
+                    )
+                alive = torch.ones(n, dtype=torch.bool)
+                alive[pos] = False
+                new = new.index_select(dim, torch.nonzero(alive).flatten().to(t.device))
+            touched.setdefault(module, {})[param] = new
+    for module, params in touched.items():
+        mod = small.get_submodule(module) if module else small
+        before = {k: tuple(getattr(mod, k).shape) for k in params}
+        for name, new in params.items():
+            if name in mod._parameters:
+                old = mod._parameters[name]
+                mod._parameters[name] = nn.Parameter(new.contiguous(), requires_grad=old.requires_grad)
+            else:
+                mod._buffers[name] = new.contiguous()
+        _fix_attributes(mod, before)
+    return small
+
+
+def _fix_attributes(mod: nn.Module, before: dict[str, tuple[int, ...]]) -> None:
+    """Update a module's size attributes after its tensors were sliced."""
+    if isinstance(mod, nn.modules.conv._ConvNd):
+        w = mod.weight
+        if isinstance(mod, nn.modules.conv._ConvTransposeNd):
+            mod.in_channels, mod.out_channels = w.shape[0], w.shape[1] * mod.groups
+            return
+        old_out = before.get("weight", w.shape)[0]
+        # grouped convs lose whole groups (depthwise: one channel per group)
+        if mod.groups > 1:
+            mod.groups = w.shape[0] * mod.groups // old_out
+        mod.out_channels = w.shape[0]
+        mod.in_channels = w.shape[1] * mod.groups
+    elif isinstance(mod, nn.Linear):
+        mod.out_features, mod.in_features = mod.weight.shape
+    elif isinstance(mod, (nn.modules.batchnorm._NormBase,)):
+        ref = mod.weight if mod.weight is not None else mod.running_mean
+        mod.num_features = ref.shape[0]
+    elif isinstance(mod, nn.GroupNorm):
+        mod.num_channels = mod.num_groups = mod.weight.shape[0]
+    elif isinstance(mod, nn.PReLU):
+        mod.num_parameters = mod.weight.shape[0]
