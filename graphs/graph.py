@@ -48,7 +48,7 @@ class Member:
 
     def tensor(self, model: nn.Module) -> torch.Tensor:
         """The parameter or buffer this member lives in, looked up on ``model`` (or any copy of it)."""
-        return _lookup(model, self.module, self.param)
+        return lookup_tensor(model, self.module, self.param)
 
     def describe(self) -> str:
         s = self.slice
@@ -250,7 +250,8 @@ class ChannelGraph:
             return ChannelGroup(d["id"], d["size"], members, d["producers"], d["reasons"])
 
         terms = [tuple(t) for t in data.get("macs_terms", [])]
-        return cls([grp(d) for d in data["groups"]], [grp(d) for d in data["frozen"]], data.get("model", "model"), terms)
+        groups, frozen = [grp(d) for d in data["groups"]], [grp(d) for d in data["frozen"]]
+        return cls(groups, frozen, data.get("model", "model"), terms)
 
     def to_dot(self, path: str | None = None) -> str:
         """Graphviz DOT text: groups as boxes (grey when frozen), modules as ellipses."""
@@ -271,11 +272,17 @@ class ChannelGraph:
         return text
 
 
-def _lookup(model: nn.Module, module: str, param: str) -> torch.Tensor:
+def lookup_tensor(model: nn.Module, module: str, param: str) -> torch.Tensor:
+    """``model.<module>.<param>`` (wrappers removed), or a KeyError that says the graph does not fit."""
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         model = model.module
-    mod = model.get_submodule(module) if module else model
+    try:
+        mod = model.get_submodule(module) if module else model
+    except AttributeError:
+        mod = None
     t = getattr(mod, param, None)
     if not isinstance(t, torch.Tensor):
-        raise KeyError(f"{module or '<root>'} has no tensor named {param!r}: is this the model the graph was built on?")
+        raise KeyError(
+            f"{module or '<root>'} has no tensor {param!r}: is this the model the graph was built on?"
+        )
     return t

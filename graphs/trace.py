@@ -23,6 +23,7 @@ class _Tracer(fx.Tracer):
         self.leaf_types = leaf_types
         self.leaf_names = leaf_names
         self.pk_stack: list[tuple[str, str]] = []
+        self.failed_in: tuple[str, str] | None = None
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if qualname in self.leaf_names or (self.leaf_types and isinstance(m, self.leaf_types)):
@@ -34,6 +35,10 @@ class _Tracer(fx.Tracer):
         self.pk_stack.append((qualname, type(m).__name__))
         try:
             return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:  # the innermost module is where tracing broke
+                self.failed_in = self.pk_stack[-1]
+            raise
         finally:
             self.pk_stack.pop()
 
@@ -64,7 +69,7 @@ def trace(model: nn.Module, leaf_modules: Iterable[type | str] = ()) -> fx.Graph
     try:
         graph = tracer.trace(model)
     except Exception as e:  # fx raises many types; re-raise one that says where and what to do
-        where = tracer.pk_stack[-1] if tracer.pk_stack else ("", type(model).__name__)
+        where = tracer.failed_in or ("", type(model).__name__)
         frame = _user_frame(e)
         name = where[0] or "<root>"
         raise GraphBuildError(
@@ -101,7 +106,8 @@ class _Recorder(fx.Interpreter):
             where = f"module {n.target!r}" if n.op == "call_module" else f"{n.op} {n.target}"
             raise GraphBuildError(
                 f"running the model on example_inputs failed at node {n.name!r} ({where}): "
-                f"{type(e).__name__}: {str(e).splitlines()[0]}\nCheck that example_inputs have the shape and dtype the model "
+                f"{type(e).__name__}: {str(e).splitlines()[0]}\n"
+                f"Check that example_inputs have the shape and dtype the model "
                 f"expects (for images: a batch [N, C, H, W] with the model's C and a large enough H, W)."
             ) from e
         self.values[n] = _to_meta(out)
@@ -151,5 +157,8 @@ def record(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> dict[fx.Node,
 def _fake_limitation(e: BaseException | None) -> bool:
     """Whether ``e`` comes from fake tensors not supporting an op (rather than from bad inputs)."""
     name = type(e).__name__
-    return name in {"DataDependentOutputException", "DynamicOutputShapeException", "UnsupportedFakeTensorException",
-                    "UnsupportedOperatorException", "GuardOnDataDependentSymNode"} or "fake" in str(e).lower()
+    known = {
+        "DataDependentOutputException", "DynamicOutputShapeException", "UnsupportedFakeTensorException",
+        "UnsupportedOperatorException", "GuardOnDataDependentSymNode",
+    }  # fmt: skip
+    return name in known or "fake" in str(e).lower()

@@ -22,7 +22,7 @@ _EXPORTS = {
     "GraphBuildError": "prunekit.graphs",
     "apply_masks": "prunekit.masks",
     "pruned_positions": "prunekit.masks",
-    "slim": "prunekit.slim",
+    "slim": "prunekit.slimming",
     "count_macs": "prunekit.flops",
     "count_params": "prunekit.flops",
     "save_pruned": "prunekit.plan",

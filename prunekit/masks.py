@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from prunekit.graphs import ChannelGraph
+from prunekit.graphs.graph import lookup_tensor as tensor_of
 from prunekit.graphs.trace import unwrap
 
 Positions = dict[tuple[str, str], list[tuple[int, torch.Tensor]]]
@@ -26,16 +27,6 @@ def pruned_positions(graph: ChannelGraph, keep: dict[str, Any]) -> Positions:
             if len(pos):
                 out.setdefault((m.module, m.param), []).append((m.dim, pos))
     return out
-
-
-def tensor_of(model: nn.Module, module: str, param: str) -> torch.Tensor:
-    mod = model.get_submodule(module) if module else model
-    t = getattr(mod, param, None)
-    if not isinstance(t, torch.Tensor):
-        raise KeyError(
-            f"{module or '<root>'} has no tensor {param!r}: is this the model the graph was built on?"
-        )
-    return t
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ from torch import nn
 
 from prunekit.graphs import ChannelGraph
 
-from .slim import slim
+from .slimming import slim
 
 FORMAT = "prunekit-plan/1"
 
