@@ -56,17 +56,19 @@ class Block:
 
 
 class Atoms:
-    """Allocation, union-find and freezing of channel atoms."""
+    """Allocation, coupling and freezing of channel atoms. Couplings are recorded as edges and resolved
+    once, vectorized, when the pass is over (``roots``)."""
 
     def __init__(self) -> None:
-        self.parent: list[int] = []
+        self.count = 0
         self.blocks: list[Block] = []
         self._param_blocks: dict[tuple[str, str, int], Block] = {}
+        self._edges: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.frozen: list[tuple[torch.Tensor, str]] = []
 
     def _alloc(self, n: int, module, param, dim, role: str, name: str) -> Block:
-        b = Block(len(self.parent), n, module, param, dim, role, name)
-        self.parent.extend(range(b.start, b.start + n))
+        b = Block(self.count, n, module, param, dim, role, name)
+        self.count += n
         self.blocks.append(b)
         return b
 
@@ -89,32 +91,34 @@ class Atoms:
             raise AssertionError(f"{b.name} dim {dim} seen with sizes {b.size} and {size}")
         return b.atoms
 
-    def find(self, a: int) -> int:
-        parent = self.parent
-        root = a
-        while parent[root] != root:
-            root = parent[root]
-        while parent[a] != root:
-            parent[a], a = root, parent[a]
-        return root
-
     def union(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """Couple ``a[i]`` with ``b[i]`` for every i."""
         if len(a) != len(b):
             raise AssertionError(f"coupling channel spaces of sizes {len(a)} and {len(b)}")
-        for x, y in zip(a.tolist(), b.tolist()):
-            rx, ry = self.find(x), self.find(y)
-            if rx != ry:
-                # keep the older atom as root so producers stay canonical
-                if rx < ry:
-                    self.parent[ry] = rx
-                else:
-                    self.parent[rx] = ry
+        self._edges.append((a.reshape(-1), b.reshape(-1)))
 
     def freeze(self, atoms: torch.Tensor, reason: str) -> None:
         if len(atoms):
             self.frozen.append((atoms, reason))
 
     def roots(self) -> torch.Tensor:
-        """The class root of every atom."""
-        return torch.tensor([self.find(a) for a in range(len(self.parent))], dtype=torch.long)
+        """The class of every atom, named by its smallest atom (min-label propagation with pointer
+        jumping over the coupling edges)."""
+        labels = torch.arange(self.count)
+        if not self._edges:
+            return labels
+        a = torch.cat([e[0] for e in self._edges])
+        b = torch.cat([e[1] for e in self._edges])
+        while True:
+            m = torch.minimum(labels[a], labels[b])
+            new = labels.clone()
+            new.scatter_reduce_(0, a, m, reduce="amin")
+            new.scatter_reduce_(0, b, m, reduce="amin")
+            while True:  # jump to the label's label until stable
+                jumped = new[new]
+                if torch.equal(jumped, new):
+                    break
+                new = jumped
+            if torch.equal(new, labels):
+                return labels
+            labels = new

@@ -87,6 +87,7 @@ def _gather(atoms: Atoms) -> tuple[list[ChannelGroup], list[ChannelGroup]]:
 
     gmap = torch.full((n,), -1, dtype=torch.long)  # root -> group index
     cmap = torch.full((n,), -1, dtype=torch.long)  # root -> channel index within its group
+    frozen_roots = set(frozen_why)
     metas = []
     used_ids: set[str] = set()
     for gi, comp in enumerate(components):
@@ -94,15 +95,23 @@ def _gather(atoms: Atoms) -> tuple[list[ChannelGroup], list[ChannelGroup]]:
         reasons: list[str] = []
         for bi in comp:
             b = blocks[bi]
-            for r in roots[b.start : b.start + b.size].tolist():
-                if owner[r] == bi and gmap[r] == -1:
-                    gmap[r], cmap[r] = gi, size
-                    size += 1
-                    for why in frozen_why.get(r, ()):
-                        if why not in reasons and len(reasons) < MAX_REASONS:
-                            reasons.append(why)
-        first = blocks[comp[0]]
-        gid = first.module if first.role == "out" and first.module else first.name
+            r = roots[b.start : b.start + b.size]
+            r = r[(owner[r] == bi) & (gmap[r] == -1)]
+            if not len(r):
+                continue
+            uniq, inverse = torch.unique(r, return_inverse=True)
+            first = torch.full((len(uniq),), len(r), dtype=torch.long)
+            first.scatter_reduce_(0, inverse, torch.arange(len(r)), reduce="amin")
+            ordered = uniq[torch.argsort(first)]  # channels in the order the producer holds them
+            gmap[ordered] = gi
+            cmap[ordered] = torch.arange(size, size + len(ordered))
+            size += len(ordered)
+            for root in frozen_roots.intersection(ordered.tolist()):
+                for why in frozen_why[root]:
+                    if why not in reasons and len(reasons) < MAX_REASONS:
+                        reasons.append(why)
+        first_block = blocks[comp[0]]
+        gid = first_block.module if first_block.role == "out" and first_block.module else first_block.name
         base, k = gid, 2
         while gid in used_ids:
             gid, k = f"{base}#{k}", k + 1

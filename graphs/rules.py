@@ -471,9 +471,9 @@ class Propagator:
                 res = node.target(*args, **kwargs)
         except Exception as e:
             return self.unknown(node, f"{self.describe(node)} could not be followed ({type(e).__name__}: {e})")
-        total = len(torch.unique(labels))
+        total = len(torch.unique(grid))
         parts = [res] if isinstance(res, torch.Tensor) else [r for r in res if isinstance(r, torch.Tensor)]
-        if any(len(torch.unique(r)) < total for r in parts):
+        if any(_distinct(r, int(grid.max()) + 1) < total for r in parts):
             # a part of the channel dim is taken: after slimming the cut would fall elsewhere
             if _is_chunk(node) and len({r.shape for r in parts}) == 1:
                 return self.couple_chunks(node, x, parts)
@@ -544,6 +544,13 @@ class Propagator:
             return None
         _, e, labels = best
         return Ann(e, x.atoms[labels])
+
+
+def _distinct(labels: torch.Tensor, bound: int) -> int:
+    """How many distinct labels in ``[0, bound)`` a tensor holds (a linear-time count, not a sort)."""
+    if labels.numel() == 0:
+        return 0
+    return int(torch.count_nonzero(torch.bincount(labels.reshape(-1), minlength=bound)))
 
 
 def _is_chunk(node: fx.Node) -> bool:

@@ -93,11 +93,24 @@ def _user_frame(e: BaseException) -> str:
 
 class _Recorder(fx.Interpreter):
     """Runs the traced graph once and keeps each node's value: tensors as (shape, dtype) meta-tensors on
-    the 'meta' device, everything else as is."""
+    the 'meta' device, everything else as is. With ``meta=True`` the whole run happens on the meta device
+    (parameters swapped for meta copies), so no arithmetic is done."""
 
-    def __init__(self, gm: fx.GraphModule):
+    def __init__(self, gm: fx.GraphModule, meta: bool = False):
         super().__init__(gm, garbage_collect_values=True)
         self.values: dict[fx.Node, Any] = {}
+        self.meta = meta
+
+    def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
+        if not self.meta:
+            return super().call_module(target, args, kwargs)
+        mod = self.fetch_attr(target)
+        state = {k: _to_meta(v) for k, v in [*mod.named_parameters(), *mod.named_buffers()]}
+        return torch.func.functional_call(mod, state, tuple(args), dict(kwargs))
+
+    def get_attr(self, target: Any, args: Any, kwargs: Any) -> Any:
+        v = super().get_attr(target, args, kwargs)
+        return _to_meta(v) if self.meta else v
 
     def run_node(self, n: fx.Node) -> Any:
         try:
@@ -129,36 +142,21 @@ def _to_meta(v: Any) -> Any:
 def record(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> dict[fx.Node, Any]:
     """Each node's value on ``example_inputs`` (tensors as meta tensors). Runs without grad, with every
     module in eval mode (restored afterwards) so BatchNorm statistics are not touched. Shapes are
-    computed with fake tensors (no arithmetic, so fast on any input size); a model that needs real
-    values (data-dependent shapes) is run for real instead."""
+    computed on the meta device (no arithmetic, so fast at any input size); a model that needs real
+    values (data-dependent shapes) or an op without a meta kernel is run for real instead."""
     modes = {m: m.training for m in gm.modules()}
     try:
         gm.eval()
         with torch.no_grad():
             try:
-                from torch._subclasses.fake_tensor import FakeTensorMode
-
-                with FakeTensorMode(allow_non_fake_inputs=True) as mode:
-                    fake = tuple(mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in example_inputs)
-                    rec = _Recorder(gm)
-                    rec.run(*fake)
-                    return rec.values
-            except GraphBuildError as e:
-                if not _fake_limitation(e.__cause__):
-                    raise
+                rec = _Recorder(gm, meta=True)
+                rec.run(*_to_meta(tuple(example_inputs)))
+                return rec.values
+            except GraphBuildError:
+                pass  # an op without a meta kernel, or data-dependent: run it for real (and report that error)
             rec = _Recorder(gm)
             rec.run(*example_inputs)
             return rec.values
     finally:
         for m, t in modes.items():
             m.training = t
-
-
-def _fake_limitation(e: BaseException | None) -> bool:
-    """Whether ``e`` comes from fake tensors not supporting an op (rather than from bad inputs)."""
-    name = type(e).__name__
-    known = {
-        "DataDependentOutputException", "DynamicOutputShapeException", "UnsupportedFakeTensorException",
-        "UnsupportedOperatorException", "GuardOnDataDependentSymNode",
-    }  # fmt: skip
-    return name in known or "fake" in str(e).lower()
