@@ -1,0 +1,470 @@
+"""The PruningController: owns the masks during training and runs a strategy's events on its schedule.
+
+    ctrl = PruningController(model, graph, pk.get_strategy("chex"), pk.Budget(sparsity=0.5),
+                             steps_per_epoch=len(loader), epochs=epochs, seed=0)
+    ctrl.start(optimizer)                    # initial masks (CHEX: S - delta_0 by L1 norm)
+    for x, y in loader:
+        loss(model(x), y).backward()
+        ctrl.after_backward()                # grads of pruned positions -> 0 (optional, cheap)
+        optimizer.step()
+        ctrl.after_optimizer_step()          # weights + optimizer state of pruned positions -> 0; events
+
+One event: snapshot the MRU values of live elements, resolve the budget to a global sparsity S (a MACs
+target by bisection over S with the strategy's own allocation), ``allocate`` at S - prune_slack,
+``prune`` every group, then (when the strategy asks for a regrow fraction d) ``allocate`` at S - d and
+``regrow`` the difference. Newly pruned elements are zeroed, regrown ones get their MRU values back, and
+the optimizer state of both is zeroed. Decisions draw from one seeded generator; under torch.distributed
+the masks of rank 0 are broadcast so every rank prunes the same channels.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.graphs import ChannelGraph
+from prunekit.graphs.graph import lookup_tensor
+from prunekit.graphs.trace import unwrap
+
+from .masks import apply_masks
+from .strategy import Budget, MRUStore, PruningState, Schedule, Strategy, as_index
+
+__all__ = ["PruningController"]
+
+log = logging.getLogger("prunekit")
+
+MACS_TOLERANCE = 0.01  # a MACs budget is hit within 1% (relative) when the allocation granularity allows
+
+
+class PruningController:
+    """Masks, MRU store, step counter and schedule of one pruning run (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        graph: ChannelGraph,
+        strategy: Strategy,
+        budget: Budget,
+        steps_per_epoch: int,
+        epochs: int,
+        seed: int = 0,
+    ):
+        if isinstance(strategy, str):
+            raise TypeError(
+                f"strategy must be a Strategy instance; use prunekit.get_strategy({strategy!r}, **params)"
+            )
+        if not isinstance(strategy, Strategy):
+            raise TypeError(f"strategy must be a prunekit.Strategy instance, got {type(strategy).__name__}")
+        if not isinstance(budget, Budget):
+            raise TypeError(f"budget must be a prunekit.Budget, e.g. Budget(sparsity=0.5); got {budget!r}")
+        if int(steps_per_epoch) < 1 or int(epochs) < 1:
+            raise ValueError(f"steps_per_epoch and epochs must be >= 1, got {steps_per_epoch} and {epochs}")
+        self.model = unwrap(model)
+        self.graph = graph
+        self.strategy = strategy
+        self.budget = budget
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.epochs = int(epochs)
+        self.seed = int(seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.mru = MRUStore(self.model, graph)
+        self.keep: dict[str, torch.Tensor] = graph.full_keep()
+        self.step = 0
+        self.events: list[dict[str, Any]] = []
+        self.event_seconds = 0.0
+        self.sparsity: float | None = budget.sparsity  # the last resolved global sparsity
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.schedule = strategy.schedule(self.steps_per_epoch, self.epochs)
+        if not isinstance(self.schedule, Schedule):
+            raise TypeError(f"{type(strategy).__name__}.schedule() must return a prunekit.strategy.Schedule")
+        self._started = False
+        # masks materialized per pruned tensor (1 = live), multiplied in with one fused call per kind
+        self._params: list[torch.Tensor] = []
+        self._param_masks: list[torch.Tensor] = []
+        self._buffers: list[torch.Tensor] = []
+        self._buffer_masks: list[torch.Tensor] = []
+        self._grads_masked = False  # after_backward ran since the last enforce
+        self._dense_macs: int | None = None
+        self.held: dict[str, int] = {}  # MACs budgets: groups held at a count (see resolve_sparsity)
+
+    def __repr__(self) -> str:
+        kept = sum(int(m.sum()) for m in self.keep.values())
+        return (
+            f"PruningController({self.strategy!r}, {self.budget.describe()}, step {self.step}, "
+            f"{kept}/{self.graph.total_channels} channels, {len(self.events)} events)"
+        )
+
+    # -- the training-loop hooks ---------------------------------------------------------------------
+
+    def start(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Call once before training: runs the step-0 event (initial masks) if the schedule has one."""
+        self.optimizer = optimizer
+        self._started = True
+        if 0 in self.schedule and self.step == 0:
+            self._event()
+        else:
+            self._rebuild()
+
+    @torch.no_grad()
+    def after_backward(self) -> None:
+        """Zero the gradients of pruned positions (call after ``loss.backward()``)."""
+        self._check_device()
+        grads = [(p.grad, m) for p, m in zip(self._params, self._param_masks) if p.grad is not None]
+        if grads:
+            torch._foreach_mul_([g for g, _ in grads], [m for _, m in grads])
+        self._grads_masked = True
+
+    def after_optimizer_step(self) -> None:
+        """Call after every ``optimizer.step()``: re-zero pruned weights and optimizer state, advance the
+        step counter and run the event scheduled at the new step, if any."""
+        if not self._started:
+            raise RuntimeError("call PruningController.start(optimizer) once before training")
+        self.enforce()
+        self.step += 1
+        if self.step in self.schedule:
+            self._event()
+
+    @torch.no_grad()
+    def enforce(self) -> None:
+        """Zero every pruned position in the weights, buffers, gradients and optimizer state.
+
+        Pruned tensors are multiplied by their 0/1 masks with one fused ``torch._foreach_mul_`` per kind
+        of tensor (a per-slice ``index_fill_`` costs one kernel launch per tensor and dimension, which is
+        most of a small model's step on a GPU)."""
+        self._check_device()
+        if self._params:
+            torch._foreach_mul_(self._params, self._param_masks)
+        if self._buffers:
+            torch._foreach_mul_(self._buffers, self._buffer_masks)
+        if not self._grads_masked:  # after_backward already did it for this step
+            self.after_backward()
+        self._grads_masked = False
+        if self.optimizer is not None and self._params:
+            states, masks = [], []
+            opt_state = self.optimizer.state
+            for p, m in zip(self._params, self._param_masks):
+                st = opt_state.get(p)
+                if st:
+                    for v in st.values():
+                        if isinstance(v, torch.Tensor) and v.shape == p.shape:
+                            states.append(v)
+                            masks.append(m if v.dtype == m.dtype and v.device == m.device else m.to(v))
+            if states:
+                torch._foreach_mul_(states, masks)
+
+    # -- events --------------------------------------------------------------------------------------
+
+    def state(self) -> PruningState:
+        """The strategy's view of the run right now."""
+        return PruningState(
+            model=self.model,
+            graph=self.graph,
+            keep=self.keep,
+            generator=self.generator,
+            mru=self.mru,
+            step=self.step,
+            steps_per_epoch=self.steps_per_epoch,
+            epochs=self.epochs,
+            event_index=len(self.events),
+        )
+
+    def _event(self) -> None:
+        t0 = time.perf_counter()
+        name = type(self.strategy).__name__
+        old = self.keep
+        state = self.state()
+        self.mru.snapshot(self.model, old)
+        target = self.resolve_sparsity(state)
+        slack = float(self.strategy.prune_slack(state))
+        if not 0.0 <= slack < 1.0:
+            raise ValueError(f"{name}.prune_slack() must be in [0, 1), got {slack}")
+        s_prune = max(0.0, target - slack)
+        counts = self._allocate(state, s_prune, self.held if slack == 0 else None)
+        new: dict[str, torch.Tensor] = {}
+        for grp in self.graph.groups:
+            k = counts[grp.id]
+            mask = torch.as_tensor(self.strategy.prune(state, grp, k)).cpu()
+            if mask.dtype != torch.bool or mask.shape != (grp.size,):
+                raise ValueError(
+                    f"{name}.prune() must return a bool mask of shape ({grp.size},) for group {grp.id!r}, "
+                    f"got dtype {mask.dtype} shape {tuple(mask.shape)}"
+                )
+            if int(mask.sum()) != k:
+                raise ValueError(
+                    f"{name}.prune() kept {int(mask.sum())} channels of group {grp.id!r}; "
+                    f"the allocation asked for exactly {k}"
+                )
+            new[grp.id] = mask
+        delta = float(self.strategy.regrow_fraction(state))
+        if not 0.0 <= delta < 1.0:
+            raise ValueError(f"{name}.regrow_fraction() must be in [0, 1), got {delta}")
+        regrown = 0
+        if delta > 0:
+            wider = self._allocate(state, max(0.0, s_prune - delta))
+            state.keep = new
+            final = {}
+            for grp in self.graph.groups:
+                mask = new[grp.id]
+                count = min(max(0, wider[grp.id] - counts[grp.id]), int((~mask).sum()))
+                if count:
+                    idx = as_index(self.strategy.regrow(state, grp, count))
+                    self._check_regrow(grp.id, idx, mask, count)
+                    mask = mask.clone()
+                    mask[idx] = True
+                    regrown += len(idx)
+                final[grp.id] = mask
+            new = final
+        new = self._broadcast(new)
+        pruned_now = sum(int((old[g] & ~new[g]).sum()) for g in new)
+        self._set_keep(new, old)
+        seconds = time.perf_counter() - t0
+        self.event_seconds += seconds
+        kept = {g: int(m.sum()) for g, m in new.items()}
+        event = {
+            "step": self.step,
+            "epoch": self.step / self.steps_per_epoch,
+            "kind": "start" if self.step == 0 else ("prune+regrow" if delta > 0 else "prune"),
+            "sparsity": target,
+            "prune_sparsity": s_prune,
+            "regrow_fraction": delta,
+            "held_groups": len(self.held) if slack == 0 else 0,
+            "pruned": pruned_now,
+            "regrown": regrown,
+            "kept_total": sum(kept.values()),
+            "channels_total": self.graph.total_channels,
+            "macs_fraction": self.macs_fraction(new),
+            "kept": kept,
+            "seconds": seconds,
+        }
+        self.events.append(event)
+        log.debug(
+            "%s event at step %d: kept %d/%d channels (%.3fs)",
+            name, self.step, event["kept_total"], event["channels_total"], seconds,
+        )
+
+    def _check_regrow(self, gid: str, idx: torch.Tensor, mask: torch.Tensor, count: int) -> None:
+        name = type(self.strategy).__name__
+        if len(idx) > count:
+            raise ValueError(f"{name}.regrow() returned {len(idx)} channels for group {gid!r}; at most {count}")
+        if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= len(mask)):
+            raise ValueError(f"{name}.regrow() returned channel indices outside group {gid!r} (size {len(mask)})")
+        if len(torch.unique(idx)) != len(idx):
+            raise ValueError(f"{name}.regrow() returned a channel twice for group {gid!r}")
+        if bool(mask[idx].any()):
+            raise ValueError(f"{name}.regrow() returned channels of group {gid!r} that are not pruned")
+
+    def _allocate(
+        self, state: PruningState, sparsity: float, held: dict[str, int] | None = None
+    ) -> dict[str, int]:
+        name = type(self.strategy).__name__
+        counts = self.strategy.allocate(state, self.budget.with_sparsity(sparsity))
+        if held:
+            counts = {**counts, **held}
+        out = {}
+        for grp in self.graph.groups:
+            if grp.id not in counts:
+                raise ValueError(f"{name}.allocate() gave no channel count for group {grp.id!r}")
+            k = counts[grp.id]
+            if isinstance(k, bool) or int(k) != k or not 1 <= int(k) <= grp.size:
+                raise ValueError(
+                    f"{name}.allocate() gave group {grp.id!r} {k!r} channels; it must be an integer in "
+                    f"[1, {grp.size}]"
+                )
+            out[grp.id] = int(k)
+        return out
+
+    # -- budgets -------------------------------------------------------------------------------------
+
+    def dense_macs(self) -> int:
+        if self._dense_macs is None:
+            self._dense_macs = int(self.graph.macs())
+        return self._dense_macs
+
+    def macs_fraction(self, keep: dict[str, torch.Tensor] | None = None) -> float:
+        """Conv/linear MACs under ``keep`` (default: the current masks) as a fraction of the dense model's."""
+        dense = self.dense_macs()
+        return float(self.graph.macs(self.keep if keep is None else keep)) / dense if dense else 1.0
+
+    def _counts_macs(self, counts: dict[str, int]) -> float:
+        keep = {}
+        for grp in self.graph.groups:
+            m = torch.zeros(grp.size, dtype=torch.bool)
+            m[: counts[grp.id]] = True
+            keep[grp.id] = m
+        return self.macs_fraction(keep)
+
+    def resolve_sparsity(self, state: PruningState | None = None) -> float:
+        """The global channel sparsity of the budget: ``budget.sparsity``, or for a MACs budget the sparsity
+        at which the strategy's allocation keeps ``budget.macs`` of the dense MACs.
+
+        MACs budgets are solved by bisection over the sparsity given to ``strategy.allocate``. When one
+        allocation step removes too many MACs at once to land within 1% (one channel of a wide residual
+        group at full resolution can be 1-2% of a CIFAR ResNet), the groups that changed at that step are
+        held at their wider count and the bisection goes on with the others (``self.held``), up to 8
+        times; the closest reachable value is used, with a warning when it is still more than 1% off."""
+        self.held = {}
+        if self.budget.sparsity is not None:
+            self.sparsity = self.budget.sparsity
+            return self.budget.sparsity
+        state = state or self.state()
+        target = float(self.budget.macs)  # type: ignore[arg-type]
+        if self.dense_macs() == 0:
+            raise ValueError("a MACs budget needs conv/linear layers on the prunable channels; use sparsity=")
+        held: dict[str, int] = {}
+
+        def frac(s: float) -> float:
+            return self._counts_macs(self._allocate(state, s, held))
+
+        lo, hi = 0.0, 1.0 - 1e-9
+        f_lo, f_hi = frac(lo), frac(hi)
+        if f_lo <= target:
+            self.sparsity = 0.0
+            return 0.0
+        if f_hi > target * (1 + MACS_TOLERANCE):
+            raise ValueError(
+                f"the MACs budget keeps {target:.3g} of the dense MACs, but pruning every group down to its "
+                f"minimum still keeps {f_hi:.3g} (frozen channels and round_to={self.budget.round_to} set the "
+                f"floor); ask for macs >= {f_hi:.3g} or use a smaller round_to"
+            )
+        best: tuple[float, float, float, dict[str, int]] = (float("inf"), 0.0, 1.0, {})
+        for _ in range(8):
+            hi, f_hi = 1.0 - 1e-9, frac(1.0 - 1e-9)
+            if f_hi > target:  # holding groups left nothing below the target: keep the best so far
+                break
+            for _ in range(60):
+                mid = 0.5 * (lo + hi)
+                f = frac(mid)
+                if f > target:
+                    lo, f_lo = mid, f
+                else:
+                    hi, f_hi = mid, f
+                if hi - lo < 1e-9:
+                    break
+            for s, f in ((lo, f_lo), (hi, f_hi)):
+                if abs(f - target) < best[0]:
+                    best = (abs(f - target), s, f, dict(held))
+            if best[0] <= MACS_TOLERANCE * target:
+                break
+            c_lo, c_hi = self._allocate(state, lo, held), self._allocate(state, hi, held)
+            changed = {g: c_lo[g] for g in c_lo if c_lo[g] != c_hi[g] and g not in held}
+            if not changed:
+                break
+            held.update(changed)
+        err, s, f, self.held = best
+        if err > MACS_TOLERANCE * target:
+            log.warning(
+                "MACs budget %.4f: the closest reachable fraction with this model's group sizes is %.4f",
+                target, f,
+            )
+        self.sparsity = s
+        return s
+
+    # -- masks ---------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _set_keep(self, new: dict[str, torch.Tensor], old: dict[str, torch.Tensor]) -> None:
+        new = self.graph.validate_keep(new)
+        new = {g.id: new.get(g.id, torch.ones(g.size, dtype=torch.bool)) for g in self.graph.groups}
+        apply_masks(self.model, self.graph, new)
+        back = self.mru.restore(self.model, old, new, write=self.strategy.regrow_init == "mru")
+        self.keep = new
+        self._rebuild()
+        self.enforce()
+        if self.optimizer is not None:  # regrown channels start from zero optimizer state
+            for key, mask in back.items():
+                t = lookup_tensor(self.model, *key)
+                st = self.optimizer.state.get(t, {}) if isinstance(t, nn.Parameter) else {}
+                for v in st.values():
+                    if isinstance(v, torch.Tensor) and v.shape == t.shape:
+                        v.masked_fill_(mask.to(v.device), 0)
+
+    def _rebuild(self) -> None:
+        params, pmasks, buffers, bmasks = [], [], [], []
+        for key, dims in self.mru.dim_masks(self.keep).items():
+            if all(bool(m.all()) for m in dims.values()):
+                continue
+            t = lookup_tensor(self.model, *key)
+            mask = torch.empty_like(t)  # same dtype, device and memory format as the tensor
+            mask.copy_(MRUStore.live(dims, t.shape, t.device).expand(t.shape))
+            if isinstance(t, nn.Parameter):
+                params.append(t)
+                pmasks.append(mask)
+            else:
+                buffers.append(t)
+                bmasks.append(mask)
+        self._params, self._param_masks, self._buffers, self._buffer_masks = params, pmasks, buffers, bmasks
+
+    def _check_device(self) -> None:
+        """Rebuild the masks if the model moved to another device or dtype since they were made."""
+        pairs = [*zip(self._params[:1], self._param_masks[:1]), *zip(self._buffers[:1], self._buffer_masks[:1])]
+        if any(t.device != m.device or t.dtype != m.dtype for t, m in pairs):
+            self._rebuild()
+
+    def _broadcast(self, keep: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Rank 0's masks on every rank (no-op without torch.distributed)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return keep
+        ids = [g.id for g in self.graph.groups]
+        flat = torch.cat([keep[i].to(torch.uint8) for i in ids])
+        device = torch.device("cpu")
+        if dist.get_backend() == "nccl":
+            device = torch.device("cuda", torch.cuda.current_device())
+        flat = flat.to(device)
+        dist.broadcast(flat, src=0)
+        out, offset = {}, 0
+        flat = flat.cpu().bool()
+        for i in ids:
+            n = self.graph[i].size
+            out[i] = flat[offset : offset + n].clone()
+            offset += n
+        return out
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly: masks, MRU values, step, events, strategy state, RNG."""
+        return {
+            "format": "prunekit-controller/1",
+            "strategy": type(self.strategy).__name__,
+            "strategy_state": copy.deepcopy(self.strategy.state_dict()),
+            "step": self.step,
+            "keep": {k: v.clone() for k, v in self.keep.items()},
+            "mru": self.mru.state_dict(),
+            "events": copy.deepcopy(self.events),
+            "event_seconds": self.event_seconds,
+            "sparsity": self.sparsity,
+            "generator": self.generator.get_state(),
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        """Restore ``state_dict()``; pruned positions of the model and optimizer state are zeroed again."""
+        if not isinstance(sd, dict) or sd.get("format") != "prunekit-controller/1":
+            raise ValueError("not a PruningController state_dict (missing format 'prunekit-controller/1')")
+        ids = {g.id for g in self.graph.groups}
+        if set(sd["keep"]) != ids:
+            extra = sorted(set(sd["keep"]) - ids)[:3]
+            missing = sorted(ids - set(sd["keep"]))[:3]
+            raise ValueError(
+                "the controller state does not fit this graph "
+                f"(groups only in the state: {extra}, only in the graph: {missing}); same model and graph?"
+            )
+        keep = self.graph.validate_keep(sd["keep"])
+        self.mru.load_state_dict(sd["mru"])
+        self.step = int(sd["step"])
+        self.events = copy.deepcopy(sd["events"])
+        self.event_seconds = float(sd["event_seconds"])
+        self.sparsity = sd.get("sparsity")
+        self.generator.set_state(sd["generator"])
+        self.strategy.load_state_dict(sd.get("strategy_state", {}))
+        self.keep = {g.id: keep[g.id] for g in self.graph.groups}
+        apply_masks(self.model, self.graph, self.keep)
+        self._rebuild()
+        self.enforce()
