@@ -1,0 +1,297 @@
+"""Models for the harness, built by name:
+
+- ``resnet20`` / ``resnet32`` / ``resnet56`` / ``resnet110``: He et al.'s CIFAR ResNets (3 stages of
+  16/32/64 channels, 6n+2 layers) with option-B shortcuts (1x1 conv + BN where the shape changes), so
+  every residual channel space has a producer and can be pruned.
+- ``small_cnn``: a small conv-BN-ReLU network for 8x8 and 28x28 inputs.
+- any torchvision classification model by name (``resnet18``, ``mobilenet_v2``, ...): random init,
+  first conv adapted to the data's channels, classifier to ``num_classes``, and for small inputs
+  (< 64 px) the stem's stride/max-pool removed so the feature map does not vanish.
+- ``package.module:factory``: a user's own model; the factory receives ``num_classes``, ``in_channels``
+  and ``input_size`` when its signature accepts them, plus ``model.kwargs``.
+- names added with ``@register_model("name")`` (e.g. from a ``--plugins`` module).
+
+    model = build_model("resnet56", num_classes=10, in_channels=3, input_size=32)
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+ModelFactory = Callable[..., nn.Module]
+_MODELS: dict[str, ModelFactory] = {}
+
+
+def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Decorator: make ``factory(num_classes, in_channels, input_size, **kw)`` buildable by ``name``."""
+
+    def deco(fn: ModelFactory) -> ModelFactory:
+        if name in _MODELS and _MODELS[name] is not fn:
+            raise ValueError(f"a model named {name!r} is already registered ({_MODELS[name].__module__})")
+        _MODELS[name] = fn
+        return fn
+
+    return deco
+
+
+# ---------------------------------------------------------------------------------------- CIFAR ResNet
+
+
+class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN + shortcut, then ReLU. The shortcut is a 1x1 conv + BN (option B) when
+    the stride or the width changes, the identity otherwise."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))  # [N, planes, H/s, W/s]
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet for small images (He et al. 2016, section 4.2): depth = 6n + 2."""
+
+    def __init__(self, depth: int = 20, num_classes: int = 10, in_channels: int = 3, width: int = 16):
+        super().__init__()
+        if (depth - 2) % 6 != 0 or depth < 8:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110, ...), got {depth}")
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        planes, layers = width, []
+        for stage, mult in enumerate((1, 2, 4)):
+            blocks = []
+            for i in range(n):
+                stride = 2 if stage > 0 and i == 0 else 1
+                blocks.append(BasicBlock(planes, width * mult, stride))
+                planes = width * mult
+            layers.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = layers
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(planes, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))  # [N, 16, H, W]
+        x = self.layer3(self.layer2(self.layer1(x)))  # [N, 64, H/4, W/4]
+        return self.fc(torch.flatten(self.avgpool(x), 1))  # [N, classes]
+
+
+def cifar_resnet(depth: int = 20, num_classes: int = 10, in_channels: int = 3, **kw: Any) -> CifarResNet:
+    """He et al.'s CIFAR ResNet-``depth`` (20/32/56/110) with 1x1-conv (option B) shortcuts."""
+    return CifarResNet(depth, num_classes, in_channels, **kw)
+
+
+for _depth in (20, 32, 44, 56, 110):
+    register_model(f"resnet{_depth}")(
+        lambda num_classes=10, in_channels=3, input_size=32, _d=_depth, **kw: cifar_resnet(
+            _d, num_classes, in_channels, **kw
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------- small CNN
+
+
+class SmallCNN(nn.Module):
+    """Three conv-BN-ReLU stages (width, 2w, 4w) with max-pooling between them, global average pooling and
+    a linear classifier. Works for any input of at least 4x4 (8x8 digits, 28x28 Fashion-MNIST)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16):
+        super().__init__()
+        w = width
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True))
+
+        self.features = nn.Sequential(
+            block(in_channels, w),
+            block(w, w),
+            nn.MaxPool2d(2),  # H/2
+            block(w, 2 * w),
+            nn.MaxPool2d(2),  # H/4
+            block(2 * w, 4 * w),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(4 * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+@register_model("small_cnn")
+def small_cnn(num_classes: int = 10, in_channels: int = 1, input_size: int = 28, width: int = 16) -> SmallCNN:
+    """The small CNN for 8x8 / 28x28 inputs."""
+    return SmallCNN(num_classes, in_channels, width)
+
+
+# ---------------------------------------------------------------------------------------- torchvision
+
+
+def torchvision_names() -> list[str]:
+    from torchvision import models
+
+    return sorted(models.list_models(module=models))
+
+
+def _first_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            return name, m
+    return None
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, new)
+
+
+def torchvision_model(
+    name: str, num_classes: int = 1000, in_channels: int = 3, input_size: int = 224, **kw: Any
+) -> nn.Module:
+    """A randomly initialised torchvision model adapted to the data: first conv to ``in_channels``; for
+    inputs under 64 px, the stem conv's stride becomes 1 and a stem max-pool is removed."""
+    from torchvision import models
+
+    try:
+        model = models.get_model(name, weights=None, num_classes=num_classes, **kw)
+    except TypeError:  # some builders do not take num_classes for every variant
+        model = models.get_model(name, weights=None, **kw)
+        _reset_classifier(model, num_classes)
+    first = _first_conv(model)
+    if first is not None:
+        fname, conv = first
+        small = input_size < 64
+        if conv.in_channels != in_channels or (small and conv.stride != (1, 1)):
+            if conv.groups != 1:
+                raise ValueError(f"{name}: the first conv is grouped; cannot adapt it to {in_channels} channels")
+            k = conv.kernel_size if not small else tuple(min(k, 3) for k in conv.kernel_size)
+            pad = conv.padding if not small else tuple(kk // 2 for kk in k)
+            new = nn.Conv2d(
+                in_channels,
+                conv.out_channels,
+                k,
+                1 if small else conv.stride,
+                pad,
+                dilation=conv.dilation,
+                bias=conv.bias is not None,
+            )
+            _replace(model, fname, new)
+        if small and isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
+            model.maxpool = nn.Identity()  # type: ignore[assignment]
+    return model
+
+
+def _reset_classifier(model: nn.Module, num_classes: int) -> None:
+    last = None
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            last = (name, m)
+    if last is None:
+        raise ValueError(f"{type(model).__name__}: no Linear classifier found to resize to {num_classes} classes")
+    name, lin = last
+    _replace(model, name, nn.Linear(lin.in_features, num_classes, bias=lin.bias is not None))
+
+
+# ---------------------------------------------------------------------------------------- build_model
+
+
+def _call_factory(
+    fn: Callable[..., nn.Module], num_classes: int, in_channels: int, input_size: int, kw: dict[str, Any]
+) -> nn.Module:
+    params = inspect.signature(fn).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    args = {"num_classes": num_classes, "in_channels": in_channels, "input_size": input_size}
+    call = {k: v for k, v in args.items() if takes_any or k in params}
+    return fn(**call, **kw)
+
+
+def list_models() -> list[str]:
+    """Registered names (CIFAR ResNets, small_cnn, plugins); torchvision names are listed separately."""
+    return sorted(_MODELS)
+
+
+def build_model(name: str, num_classes: int = 10, in_channels: int = 3, input_size: int = 32, **kw: Any) -> nn.Module:
+    """The model ``name`` for ``num_classes`` classes and inputs [N, in_channels, input_size, input_size].
+
+    ``name``: a registered name (``list_models()``), a torchvision model name, or
+    ``package.module:factory``. Raises ValueError listing the choices for an unknown name."""
+    if ":" in name:
+        mod_name, _, attr = name.partition(":")
+        try:
+            fn = getattr(importlib.import_module(mod_name), attr)
+        except ImportError as e:
+            raise ValueError(f"model {name!r}: cannot import module {mod_name!r} ({e}); is it on PYTHONPATH?") from e
+        except AttributeError:
+            raise ValueError(f"model {name!r}: module {mod_name!r} has no attribute {attr!r}") from None
+        model = _call_factory(fn, num_classes, in_channels, input_size, kw)
+    elif name in _MODELS:
+        model = _call_factory(_MODELS[name], num_classes, in_channels, input_size, kw)
+    else:
+        tv = torchvision_names()
+        if name not in tv:
+            close = difflib.get_close_matches(name, list(_MODELS) + tv, n=3)
+            hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
+            raise ValueError(
+                f"unknown model {name!r}; {hint}choices: {', '.join(list_models())}, any torchvision model "
+                f"(`prunekit list models`), or 'package.module:factory'"
+            )
+        model = torchvision_model(name, num_classes, in_channels, input_size, **kw)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model factory {name!r} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def check_model(model: nn.Module, in_channels: int, input_size: int, num_classes: int, name: str = "model") -> None:
+    """A forward pass on zeros; a clear error when the model does not fit the data."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, in_channels, input_size, input_size))
+    except Exception as e:
+        raise ValueError(
+            f"{name} does not accept inputs of shape [N, {in_channels}, {input_size}, {input_size}] ({e}); "
+            "try a larger data.image_size or a model made for small inputs (resnet20, small_cnn)"
+        ) from e
+    finally:
+        model.train(was)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != num_classes:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"{name} returns {shape}; the harness needs logits of shape [N, {num_classes}]")
+
+
+__all__ = [
+    "BasicBlock",
+    "CifarResNet",
+    "SmallCNN",
+    "build_model",
+    "check_model",
+    "cifar_resnet",
+    "list_models",
+    "register_model",
+    "small_cnn",
+    "torchvision_model",
+    "torchvision_names",
+]
