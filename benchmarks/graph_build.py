@@ -1,0 +1,159 @@
+"""Graph build time: ``pk.build_graph`` against Torch-Pruning's ``DependencyGraph().build_dependency``.
+
+    .venv/bin/python benchmarks/graph_build.py                 # 6 models at 224x224, median of 5 runs
+    .venv/bin/python benchmarks/graph_build.py --quick         # 2 models at 64x64, 2 runs (smoke test)
+    .venv/bin/python benchmarks/graph_build.py --runs 9 --models resnet50 densenet121 --out /tmp/res
+
+Both builders run in the same process on the same model object and the same input (batch 1), one warm-up
+run each, then interleaved (ours, TP, ours, TP, ...) so background load hits both alike. Writes
+``graph_build.md`` (table) and ``graph_build.json`` to ``--out`` (default docs/results/).
+Target: ours at most half of Torch-Pruning's time (ratio = ours / TP <= 0.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torchvision
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import prunekit as pk  # noqa: E402
+
+MODELS = ["resnet50", "densenet121", "mobilenet_v2", "efficientnet_b0", "convnext_tiny", "regnet_y_400mf"]
+QUICK_MODELS = ["resnet18", "mobilenet_v2"]
+
+
+def build_ours(model, x):
+    return pk.build_graph(model, x)
+
+
+def build_tp(model, x):
+    import torch_pruning as tp
+
+    return tp.DependencyGraph().build_dependency(model, example_inputs=x, verbose=False)
+
+
+def timed(fn, *args) -> float:
+    t = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t
+
+
+def machine() -> dict:
+    import torch_pruning as tp
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "torch_pruning": getattr(tp, "__version__", "?"),
+    }
+
+
+def bench(name: str, size: int, runs: int) -> dict:
+    model = torchvision.models.get_model(name).eval()
+    x = torch.randn(1, 3, size, size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        timed(build_ours, model, x)  # warm-up (imports, fx/fake-tensor caches)
+        timed(build_tp, model, x)
+        ours, theirs = [], []
+        for _ in range(runs):
+            ours.append(timed(build_ours, model, x))
+            theirs.append(timed(build_tp, model, x))
+    mo, mt = statistics.median(ours), statistics.median(theirs)
+    return {"model": name, "input": [1, 3, size, size], "ours_s": ours, "tp_s": theirs,
+            "ours_median_s": mo, "tp_median_s": mt, "ratio": mo / mt}  # fmt: skip
+
+
+def write(out: Path, rows: list[dict], info: dict, command: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "graph_build.json").write_text(json.dumps({"machine": info, "command": command, "results": rows}, indent=1))
+    lines = [
+        "# Graph build time: prunekit vs Torch-Pruning",
+        "",
+        "`pk.build_graph(model, x)` against `torch_pruning.DependencyGraph().build_dependency(model, x)`: same",
+        "process, same model object and input, one warm-up each, then interleaved runs; median seconds.",
+        "Ratio = ours / Torch-Pruning (target: <= 0.5).",
+        "",
+        "| model | input | ours median (s) | TP median (s) | ratio | runs |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        size = "x".join(map(str, r["input"][2:]))
+        lines.append(
+            f"| {r['model']} | {size} | {r['ours_median_s']:.3f} | {r['tp_median_s']:.3f} | {r['ratio']:.2f} "
+            f"| {len(r['ours_s'])} |"
+        )
+    geo = statistics.geometric_mean([r["ratio"] for r in rows])
+    lines += [
+        "",
+        f"Geometric mean ratio: **{geo:.2f}**.",
+        "",
+        f"Machine: {info['cpu']}, {info['cores']} cores ({info['torch_threads']} torch threads), "
+        f"{info['platform']}, Python {info['python']}; torch {info['torch']}, torchvision {info['torchvision']}, "
+        f"torch-pruning {info['torch_pruning']}. Timings on a shared machine are noisy; the ratio is the figure "
+        "to read, since both builders see the same load.",
+        "",
+        "Command:",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+    ]
+    (out / "graph_build.md").write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=None, help=f"torchvision model names (default: {MODELS})")
+    ap.add_argument("--runs", type=int, default=None, help="timed runs per builder (default 5; --quick: 2)")
+    ap.add_argument("--size", type=int, default=None, help="input height/width (default 224; --quick: 64)")
+    ap.add_argument("--quick", action="store_true", help="2 small models at 64x64, 2 runs")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "results"), help="output folder")
+    args = ap.parse_args(argv)
+    models = args.models or (QUICK_MODELS if args.quick else MODELS)
+    runs = args.runs or (2 if args.quick else 5)
+    size = args.size or (64 if args.quick else 224)
+    command = ".venv/bin/python benchmarks/graph_build.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
+    info = machine()
+    rows = []
+    for name in models:
+        r = bench(name, size, runs)
+        print(f"{name:18s} ours {r['ours_median_s']:.3f}s  TP {r['tp_median_s']:.3f}s  ratio {r['ratio']:.2f}",
+              flush=True)  # fmt: skip
+        rows.append(r)
+    write(Path(args.out), rows, info, command.strip())
+    return rows
+
+
+if __name__ == "__main__":
+    main()
