@@ -25,7 +25,7 @@ data:
 	  echo "note: Fashion-MNIST not installed (apt install dataset-fashion-mnist); only needed for benchmarks")
 
 run: setup
-	$(BIN)/prunekit compare --strategies chex,magnitude,random
+	$(BIN)/prunekit compare --strategies chex,magnitude,random --dense
 
 test: setup
 	$(BIN)/python -m pytest -q -x --timeout=900

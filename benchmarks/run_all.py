@@ -1,0 +1,43 @@
+"""Run the CPU-feasible benchmarks one after the other (`make bench`), each writing its Markdown and JSON to
+docs/results/. `--quick` passes each script's own quick mode (what the CI smoke tests use); `--only` picks
+scripts. A script that fails is reported and the others still run; the exit status says whether all passed."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# cheapest first, so a broken set-up shows early
+SCRIPTS = ["graph_build.py", "overhead.py", "speedup.py", "fmnist_accuracy.py", "zoo_coverage.py"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="each script's --quick mode")
+    ap.add_argument("--only", nargs="+", choices=SCRIPTS, help="run only these scripts")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "results"), help="output folder for every script")
+    args = ap.parse_args(argv)
+    status: list[tuple[str, str, float]] = []
+    for script in args.only or SCRIPTS:
+        path = ROOT / "benchmarks" / script
+        if not path.exists():
+            status.append((script, "missing", 0.0))
+            continue
+        cmd = [sys.executable, str(path), "--out", args.out] + (["--quick"] if args.quick else [])
+        print(f"[bench] {' '.join(cmd)}", flush=True)
+        t0 = time.perf_counter()
+        rc = subprocess.call(cmd, cwd=ROOT)
+        status.append((script, "ok" if rc == 0 else f"failed (exit {rc})", time.perf_counter() - t0))
+    print("\n[bench] summary")
+    for script, what, secs in status:
+        print(f"  {script:22s} {what:18s} {secs:8.1f} s")
+    return 0 if all(what == "ok" for _, what, _ in status) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
