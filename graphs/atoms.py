@@ -2,9 +2,9 @@
 
 Every channel position that matters gets an integer *atom*: the positions of a parameter dimension
 (``conv.weight`` dim 0), and fresh channel spaces (the model input, tensors of unknown origin). Rules
-*union* atoms that must be pruned together; after the pass, each union-find class is one channel of one
-group. A tensor's channel annotation ``Ann(dim, atoms)`` says which atom lives at each position of its
-channel dimension (several positions may share an atom: flatten gives each channel H*W features).
+*union* atoms that must be pruned together (an edge each); after the pass, each connected class of atoms
+is one channel of one group. A tensor's channel annotation ``Ann(dim, atoms)`` says which atom lives at each
+position of its channel dimension (several positions may share an atom: flatten gives each channel H*W features).
 """
 
 from __future__ import annotations
