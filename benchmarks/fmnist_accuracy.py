@@ -1,0 +1,441 @@
+"""Accuracy at equal MACs on real data: CHEX against magnitude, random and Torch-Pruning's own pruner.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fmnist_accuracy.py              # 3 seeds, 50% and 70% MACs reduction
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fmnist_accuracy.py --quick      # 1 seed, 1 epoch, 2k samples, 50%
+    .venv/bin/python benchmarks/fmnist_accuracy.py --epochs 15 --train-subset 20000 --seeds 3 --threads 2
+
+Fashion-MNIST (the IDX files of Debian's dataset-fashion-mnist, /usr/share/datasets/fashion-mnist) and the
+CIFAR-style ResNet-20 on 1x28x28, with the recipe of configs/fashion_mnist_resnet20.yaml (SGD + Nesterov,
+lr 0.1, cosine with 1 warm-up epoch, wd 5e-4, batch 128, crop + flip). For every seed: one dense run, and
+for every MACs reduction target and strategy one ``pk.run`` from scratch with the same epochs, data order
+and initial weights (same seed). Strategies: chex (its defaults), magnitude and random (prune once before
+training, uniform widths), tp_magnitude and tp_bnscale (Torch-Pruning's MetaPruner with its
+MagnitudeImportance / BNScaleImportance, benchmarks/tp_strategies.py). ``--train-subset N`` trains on the
+first N training images (``data.limit_train``; Fashion-MNIST's order is shuffled, the first 10k hold
+942-1027 images per class); the test set is the full 10k unless ``--test-subset``.
+
+Cost: 3 seeds x (1 dense + 2 targets x 5 strategies) = 33 runs. The harness trains the masked (dense-size)
+model, so every run costs about the same: on one thread of a shared 2-core AMD EPYC, ~4.4 ms per training
+image and ~1.4 ms per test image per epoch, i.e. the defaults take ~5 h there; ``--quick`` ~1.5 min.
+
+Writes ``fmnist_accuracy.json`` (every run, per target x strategy summaries, machine, versions, command)
+and ``fmnist_accuracy.md`` (tables and a "what we found" section computed from the numbers) to ``--out``
+(default docs/results/), after every run, so an interrupted benchmark leaves its partial results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+
+import prunekit as pk  # noqa: E402
+from prunekit.config import load_config  # noqa: E402
+from prunekit.data import FASHION_FILES, FASHION_MNIST_ROOT, find_idx  # noqa: E402
+
+CONFIG = ROOT / "configs" / "fashion_mnist_resnet20.yaml"
+STRATEGIES = ["chex", "magnitude", "random", "tp_magnitude", "tp_bnscale"]
+TP_STRATEGIES = ("tp_magnitude", "tp_bnscale")
+QUICK = {"seeds": 1, "epochs": 1, "train_subset": 2000, "test_subset": 1000, "targets": [0.5]}
+
+
+# ---------------------------------------------------------------------------------------------- setup
+
+
+def fashion_mnist_root(root: str | None) -> str | None:
+    """The folder holding the four Fashion-MNIST IDX files, or None."""
+    for r in [root] if root else [FASHION_MNIST_ROOT, os.path.join(FASHION_MNIST_ROOT, "raw")]:
+        if r and all(find_idx(r, stem) for stem in FASHION_FILES.values()):
+            return r
+    return None
+
+
+def machine(threads: int) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        import torch_pruning as tp
+
+        tp_version = getattr(tp, "__version__", "?")
+    except ImportError:
+        tp_version = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": threads,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "torch_pruning": tp_version,
+        "prunekit": getattr(pk, "__version__", "?"),
+    }
+
+
+def run_config(args: argparse.Namespace, strategy: str, seed: int, target: float | None, runs_dir: Path) -> Any:
+    """The prunekit Config of one run (target: MACs reduction, None for dense)."""
+    name = "dense" if target is None else f"{strategy}-r{round(target * 100)}"
+    flags: dict[str, Any] = {
+        "train.epochs": args.epochs,
+        "train.seed": seed,
+        "train.threads": args.threads,
+        "train.device": args.device,
+        "data.limit_train": args.train_subset,  # None: the whole split
+        "data.limit_test": args.test_subset,
+        "data.root": args.data_root,
+        "prune.strategy": "none" if target is None else strategy,
+        "run.out": str(runs_dir),
+        "run.name": f"{name}-seed{seed}",
+        "run.checkpoint_steps": 0,
+        "run.latency_runs": 5,
+        "run.progress": "plain" if args.verbose else "off",
+    }
+    if target is not None:
+        flags["prune.macs"] = round(1.0 - target, 6)
+    if strategy in TP_STRATEGIES:
+        flags["prune.params.input_size"] = 28
+    return load_config(str(CONFIG), flags=flags)
+
+
+def one_run(args: argparse.Namespace, strategy: str, seed: int, target: float | None, runs_dir: Path) -> dict:
+    cfg = run_config(args, strategy, seed, target, runs_dir)
+    t0 = time.perf_counter()
+    try:
+        res = pk.run(cfg)
+        status, error = res.status, res.error
+    except Exception as e:  # one failing run must not lose the others
+        res, status, error = None, "failed", f"{type(e).__name__}: {e}"
+    wall = time.perf_counter() - t0
+    row = {
+        "strategy": "dense" if target is None else strategy,
+        "target_reduction": target,
+        "seed": seed,
+        "status": status,
+        "error": error,
+        "wall_s": wall,
+    }
+    if res is not None:
+        row.update(
+            top1=res.top1,
+            best_top1=res.best_top1,
+            macs=res.macs,
+            dense_macs=res.dense_macs,
+            macs_reduction=res.macs_reduction,
+            params=res.params,
+            train_s=res.train_seconds,
+            event_s=res.event_seconds,
+            num_events=res.num_events,
+            slim_max_abs_diff=res.slim_max_abs_diff,
+            run_dir=res.run_dir,
+        )
+    return row
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+
+
+def _mean(xs: list[float]) -> float | None:
+    return statistics.fmean(xs) if xs else None
+
+
+def _std(xs: list[float]) -> float | None:
+    return statistics.stdev(xs) if len(xs) > 1 else None
+
+
+def summarize(rows: list[dict], targets: list[float], strategies: list[str]) -> dict[str, Any]:
+    ok = [r for r in rows if r["status"] == "ok" and r.get("top1") is not None]
+    dense = {r["seed"]: r for r in ok if r["strategy"] == "dense"}
+    d_top1 = [r["top1"] for r in dense.values()]
+    out: dict[str, Any] = {
+        "dense": {
+            "n": len(d_top1),
+            "top1_mean": _mean(d_top1),
+            "top1_std": _std(d_top1),
+            "wall_mean_s": _mean([r["wall_s"] for r in dense.values()]),
+        },
+        "targets": {},
+    }
+    for t in targets:
+        per: dict[str, Any] = {}
+        for s in strategies:
+            sel = [r for r in ok if r["strategy"] == s and r["target_reduction"] == t]
+            top1 = [r["top1"] for r in sel]
+            deltas = [r["top1"] - dense[r["seed"]]["top1"] for r in sel if r["seed"] in dense]
+            failed = [r for r in rows if r["strategy"] == s and r["target_reduction"] == t and r["status"] != "ok"]
+            per[s] = {
+                "n": len(sel),
+                "failed": len(failed),
+                "errors": sorted({r["error"] for r in failed if r.get("error")}),
+                "top1_mean": _mean(top1),
+                "top1_std": _std(top1),
+                "top1_by_seed": {str(r["seed"]): r["top1"] for r in sel},
+                "macs_reduction_mean": _mean([r["macs_reduction"] for r in sel]),
+                "delta_dense_mean": _mean(deltas),
+                "delta_dense_std": _std(deltas),
+                "wall_mean_s": _mean([r["wall_s"] for r in sel]),
+            }
+        out["targets"][f"{t:g}"] = per
+    return out
+
+
+def compare_pair(a: dict, b: dict) -> dict[str, Any] | None:
+    """Paired (same seed) difference a - b in top-1 points."""
+    seeds = sorted(set(a["top1_by_seed"]) & set(b["top1_by_seed"]))
+    if not seeds:
+        return None
+    diffs = [a["top1_by_seed"][s] - b["top1_by_seed"][s] for s in seeds]
+    mean, sd = statistics.fmean(diffs), _std(diffs)
+    wins = sum(d > 0 for d in diffs)
+    if len(diffs) < 2:
+        verdict = "single seed"
+    elif wins == len(diffs) and sd is not None and mean > sd:
+        verdict = "better"
+    elif wins == 0 and sd is not None and -mean > sd and all(d < 0 for d in diffs):
+        verdict = "worse"
+    else:
+        verdict = "no clear difference"
+    return {"diff_mean": mean, "diff_std": sd, "wins": wins, "n": len(diffs), "verdict": verdict}
+
+
+def findings(summary: dict[str, Any], strategies: list[str]) -> list[str]:
+    """Plain-language statements computed from the summary."""
+    lines = []
+    n_seeds = summary["dense"]["n"]
+    for t, per in summary["targets"].items():
+        red = f"{float(t) * 100:g}% MACs reduction"
+        done = {s: v for s, v in per.items() if v["top1_mean"] is not None}
+        if not done:
+            lines.append(f"At {red}: no finished runs yet.")
+            continue
+        ranking = sorted(done, key=lambda s: -done[s]["top1_mean"])
+        rank_txt = " > ".join(f"{s} {done[s]['top1_mean']:.2f}" for s in ranking)
+        lines.append(f"At {red}, mean top-1 (%): {rank_txt}.")
+        if "chex" not in done:
+            continue
+        parts = []
+        for other in [s for s in strategies if s != "chex" and s in done]:
+            c = compare_pair(done["chex"], done[other])
+            if c is None:
+                continue
+            sign = f"{c['diff_mean']:+.2f} pp"
+            seeds = f"ahead in {c['wins']}/{c['n']} seeds"
+            if c["verdict"] == "better":
+                parts.append(f"beats {other} ({sign}, {seeds})")
+            elif c["verdict"] == "worse":
+                parts.append(f"is behind {other} ({sign}, {seeds})")
+            elif c["verdict"] == "single seed":
+                parts.append(f"vs {other}: {sign} (one seed, not separable from noise)")
+            else:
+                sd = f", paired std {c['diff_std']:.2f}" if c["diff_std"] is not None else ""
+                parts.append(f"shows no clear difference to {other} ({sign}, {seeds}{sd})")
+        if parts:
+            lines.append(f"At {red}, CHEX " + "; ".join(parts) + ".")
+    if n_seeds:
+        lines.append(
+            "'Beats' means ahead in every seed by more than the standard deviation of the paired (same-seed) "
+            "differences; anything else is reported as no clear difference. Short training on a subset: "
+            "absolute accuracies are below fully trained Fashion-MNIST numbers, and rankings at this budget "
+            "need not carry over to long schedules."
+        )
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+def _fmt(x: float | None, spec: str = ".2f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def write(out: Path, data: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "fmnist_accuracy.json.tmp"
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, out / "fmnist_accuracy.json")
+    s, mc, summ = data["settings"], data["machine"], data["summary"]
+    dense = summ["dense"]
+    done, total = len(data["runs"]), data["runs_planned"]
+    lines = [
+        "# Accuracy at equal MACs: Fashion-MNIST, ResNet-20",
+        "",
+        ("" if data["complete"] else f"**Partial results: {done} of {total} runs finished.**\n\n")
+        + f"ResNet-20 (CIFAR-style, option-B shortcuts) on Fashion-MNIST 1x28x28, trained from scratch for "
+        f"{s['epochs']} epoch(s) on the first {s['train_subset'] or 60000} training images, top-1 on "
+        f"{s['test_subset'] or 10000} test images (final epoch), seeds {s['seeds']}. Recipe: "
+        "`configs/fashion_mnist_resnet20.yaml` (SGD + Nesterov, lr 0.1, cosine with 1 warm-up epoch, wd 5e-4, "
+        "batch 128, crop + flip). Every strategy trains for the same epochs from the same initial weights "
+        "and data order as the dense run of its seed; pruned channels are masked during training and the "
+        "final model is slimmed and measured.",
+        "",
+        "Strategies: **chex** (its defaults: exploration every 2 epochs until 72% of training, regrow "
+        "fraction 0.3 decaying on a cosine), **magnitude** (L1 norm of the filters, uniform widths, pruned "
+        "once before training), **random** (uniform widths, random channels), **tp_magnitude** / "
+        "**tp_bnscale** (Torch-Pruning's `MetaPruner` with `MagnitudeImportance(p=2)` / `BNScaleImportance`, "
+        "local ranking, its progressive 400-step schedule stopped where the MACs target is met, choosing "
+        "once before training: see `benchmarks/tp_strategies.py`; at initialization every BN scale is 1, so "
+        "tp_bnscale's choice is Torch-Pruning's tie order). The MACs target is met within 1% by every "
+        "strategy (prunekit's bisection over the global sparsity); *MACs reduction* is measured on the slimmed "
+        "model. Delta = mean over seeds of (strategy - dense of the same seed), in points.",
+        "",
+        f"Dense: top-1 **{_fmt(dense['top1_mean'])}** ± {_fmt(dense['top1_std'])} % "
+        f"({dense['n']} run(s), mean wall {_fmt(dense['wall_mean_s'], '.0f')} s).",
+        "",
+    ]
+    for t, per in summ["targets"].items():
+        lines += [
+            f"## {float(t) * 100:g}% MACs reduction (keep {100 - float(t) * 100:g}% of the dense MACs)",
+            "",
+            "| strategy | top-1 (%) mean ± std | delta to dense (pp) | MACs reduction | mean wall (s) | runs |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, v in per.items():
+            runs = f"{v['n']}" + (f" ({v['failed']} failed)" if v["failed"] else "")
+            red = "-" if v["macs_reduction_mean"] is None else f"{v['macs_reduction_mean'] * 100:.1f}%"
+            delta = _fmt(v["delta_dense_mean"], "+.2f")
+            if v["delta_dense_std"] is not None:
+                delta += f" ± {v['delta_dense_std']:.2f}"
+            lines.append(
+                f"| {name} | {_fmt(v['top1_mean'])} ± {_fmt(v['top1_std'])} | {delta} | {red} "
+                f"| {_fmt(v['wall_mean_s'], '.0f')} | {runs} |"
+            )
+        errors = sorted({e for v in per.values() for e in v["errors"]})
+        if errors:
+            lines += ["", "Failures: " + "; ".join(f"`{e}`" for e in errors)]
+        lines.append("")
+    lines += ["## What we found", ""] + [f"- {f}" for f in data["findings"]] + [""]
+    lines += [
+        f"Machine: {mc['cpu']}, {mc['cores']} cores, {mc['torch_threads']} torch thread(s) per run"
+        + (f", GPU {mc['cuda']}" if mc["cuda"] else "")
+        + f"; {mc['platform']}, Python {mc['python']}; torch {mc['torch']}, torchvision {mc['torchvision']}, "
+        f"torch-pruning {mc['torch_pruning']}, prunekit {mc['prunekit']}. Started {data['started']}, "
+        f"{data['elapsed_s'] / 60:.1f} min so far. Wall time per run includes data loading, evaluation "
+        "every epoch, slimming and a latency measurement.",
+        "",
+        "Command:",
+        "",
+        "```",
+        data["command"],
+        "```",
+        "",
+    ]
+    (out / "fmnist_accuracy.md").write_text("\n".join(lines))
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=None, help="epochs per run, every strategy (default 10)")
+    ap.add_argument("--seeds", type=int, default=None, help="number of seeds 0..N-1 (default 3)")
+    ap.add_argument(
+        "--targets", type=float, nargs="+", default=None,
+        help="MACs reductions, fractions removed (default 0.5 0.7)",
+    )  # fmt: skip
+    ap.add_argument("--train-subset", type=int, default=None, help="train on the first N images (default 10000)")
+    ap.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images (default all)")
+    ap.add_argument("--strategies", nargs="+", default=None, help=f"default: {' '.join(STRATEGIES)}")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per run (default 1)")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    ap.add_argument("--data-root", default=None, help="folder with the Fashion-MNIST IDX files")
+    ap.add_argument("--runs-dir", default=None, help="parent of the run directories (default runs/fmnist_accuracy-*)")
+    ap.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, 2k train / 1k test images, 50%% only")
+    ap.add_argument("--verbose", action="store_true", help="the harness's per-epoch log lines")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "results"), help="output folder")
+    args = ap.parse_args(argv)
+    defaults = QUICK if args.quick else {"seeds": 3, "epochs": 10, "train_subset": 10000, "targets": [0.5, 0.7]}
+    for key, value in defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    args.strategies = args.strategies or list(STRATEGIES)
+    if args.seeds < 1 or args.epochs < 1:
+        ap.error("--seeds and --epochs must be >= 1")
+    if any(not 0.0 < t < 1.0 for t in args.targets):
+        ap.error(f"--targets are fractions of MACs removed, strictly between 0 and 1; got {args.targets}")
+    for key in ("train_subset", "test_subset"):
+        if getattr(args, key) is not None and getattr(args, key) < 1:
+            ap.error(f"--{key.replace('_', '-')} must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    omp = os.environ.get("OMP_NUM_THREADS")
+    command = (f"OMP_NUM_THREADS={omp} " if omp else "") + ".venv/bin/python benchmarks/fmnist_accuracy.py "
+    command += " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    if fashion_mnist_root(args.data_root) is None:
+        sys.exit(
+            f"Fashion-MNIST IDX files not found in {args.data_root or FASHION_MNIST_ROOT}: install Debian's "
+            "dataset-fashion-mnist package or pass --data-root /folder/with/the/four/files"
+        )
+    if any(s in TP_STRATEGIES for s in args.strategies):
+        import benchmarks.tp_strategies  # noqa: F401  (registers tp_magnitude and tp_bnscale)
+    torch.set_num_threads(args.threads)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    runs_dir = Path(args.runs_dir) if args.runs_dir else ROOT / "runs" / f"fmnist_accuracy-{stamp}"
+    seeds = list(range(args.seeds))
+    plan: list[tuple[int, str, float | None]] = []
+    for seed in seeds:  # seed-major: a partial result has every strategy of the first seeds
+        plan.append((seed, "dense", None))
+        plan += [(seed, s, t) for t in args.targets for s in args.strategies]
+    data: dict[str, Any] = {
+        "machine": machine(args.threads),
+        "command": command.strip(),
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        "settings": {
+            "epochs": args.epochs,
+            "seeds": seeds,
+            "targets": args.targets,
+            "strategies": args.strategies,
+            "train_subset": args.train_subset,
+            "test_subset": args.test_subset,
+            "threads": args.threads,
+            "device": args.device,
+            "config": str(CONFIG.relative_to(ROOT)),
+            "quick": args.quick,
+            "runs_dir": str(runs_dir),
+        },
+        "runs_planned": len(plan),
+        "runs": [],
+        "complete": False,
+    }
+    t_start = time.perf_counter()
+    out = Path(args.out)
+    for i, (seed, strategy, target) in enumerate(plan, 1):
+        row = one_run(args, strategy, seed, target, runs_dir)
+        data["runs"].append(row)
+        what = "dense" if target is None else f"{strategy} @ {target * 100:g}%"
+        res = f"top1 {row['top1']:.2f}%" if row.get("top1") is not None else f"FAILED: {row['error']}"
+        red = f", MACs -{row['macs_reduction'] * 100:.1f}%" if row.get("macs_reduction") else ""
+        print(f"[{i}/{len(plan)}] seed {seed} {what}: {res}{red}, {row['wall_s']:.0f}s", flush=True)
+        data["complete"] = i == len(plan)
+        data["elapsed_s"] = time.perf_counter() - t_start
+        data["summary"] = summarize(data["runs"], args.targets, args.strategies)
+        data["findings"] = findings(data["summary"], args.strategies)
+        write(out, data)
+    for line in data["findings"]:
+        print(line)
+    return data
+
+
+if __name__ == "__main__":
+    main()
