@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
+import queue
 import shlex
 import sys
 import time
@@ -58,6 +60,59 @@ def make_model(name: str) -> nn.Module:
     return model
 
 
+TP_TIMEOUT_S = 600
+TP_MEMORY_GB = 8  # Torch-Pruning's build on maxvit_t grew past 19 GB here and never finished
+
+
+def _tp_child(q, model, x, ignored) -> None:
+    try:
+        q.put(("ok", tp_partition(model, x, ignored)))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which records it per model
+        q.put(("error", f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"))
+
+
+def _rss_gb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
+
+
+def tp_partition_guarded(model: nn.Module, x: torch.Tensor, ignored: list[nn.Module]):
+    """``tp_partition`` in a forked child with a time and memory limit, so one model on which Torch-Pruning
+    runs away cannot stop the coverage run (or the machine)."""
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    proc = ctx.Process(target=_tp_child, args=(q, model, x, ignored), daemon=True)
+    proc.start()
+    deadline = time.monotonic() + TP_TIMEOUT_S
+    try:
+        while True:
+            try:
+                kind, value = q.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not proc.is_alive() and q.empty():
+                    kind, value = "error", f"died (exit code {proc.exitcode}; memory limit {TP_MEMORY_GB} GB)"
+                    break
+                if _rss_gb(proc.pid) > TP_MEMORY_GB:
+                    kind, value = "error", f"grew past {TP_MEMORY_GB} GB of memory (stopped)"
+                    break
+                if time.monotonic() > deadline:
+                    kind, value = "error", f"did not finish within {TP_TIMEOUT_S} s"
+                    break
+    finally:
+        proc.kill()
+        proc.join()
+    if kind != "ok":
+        raise RuntimeError(value)
+    return value
+
+
 def cover(name: str) -> dict:
     model = make_model(name)
     s = input_size(name)
@@ -78,7 +133,7 @@ def cover(name: str) -> dict:
     # Torch-Pruning on the same model and a batch-1 input
     _, cls = classifier_of(model)
     try:
-        theirs = tp_partition(model, x[:1], [cls])
+        theirs = tp_partition_guarded(model, x[:1], [cls])
         row["tp_builds"] = True
         cmp = compare_partitions(name, ours_partition(g), theirs)
         row["tp_identical"] = cmp.identical
@@ -86,7 +141,7 @@ def cover(name: str) -> dict:
     except Exception as e:
         row["tp_builds"] = False
         row["tp_identical"] = None
-        row["tp_diff"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+        row["tp_diff"] = str(e) if isinstance(e, RuntimeError) else f"{type(e).__name__}: {str(e)[:120]}"
     return row
 
 
