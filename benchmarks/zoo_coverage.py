@@ -83,9 +83,9 @@ def _rss_gb(pid: int) -> float:
 
 
 def tp_partition_guarded(model: nn.Module, x: torch.Tensor, ignored: list[nn.Module]):
-    """``tp_partition`` in a forked child with a time and memory limit, so one model on which Torch-Pruning
+    """``tp_partition`` in a child process with a time and memory limit, so one model on which Torch-Pruning
     runs away cannot stop the coverage run (or the machine)."""
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("spawn")  # fork would deadlock: the parent has used OpenMP threads
     q = ctx.Queue()
     proc = ctx.Process(target=_tp_child, args=(q, model, x, ignored), daemon=True)
     proc.start()
