@@ -27,7 +27,7 @@ data:
 run: setup
 	$(BIN)/prunekit compare --strategies chex,magnitude,random --dense
 
-test: setup
+test: setup data
 	$(BIN)/python -m pytest -q -x --timeout=900
 
 test-all: setup data
