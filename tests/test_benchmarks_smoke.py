@@ -51,3 +51,53 @@ def test_zoo_coverage_quick(tmp_path):
     assert rows["shufflenet_v2_x0_5"]["tp_builds"] is False
     md = (tmp_path / "zoo_coverage.md").read_text()
     assert "| shufflenet_v2_x0_5 |" in md
+
+
+def test_fmnist_accuracy_quick(tmp_path):
+    pytest.importorskip("torch_pruning")
+    from prunekit.data import FASHION_FILES, FASHION_MNIST_ROOT, find_idx
+
+    if not all(find_idx(FASHION_MNIST_ROOT, stem) for stem in FASHION_FILES.values()):
+        pytest.skip(f"Fashion-MNIST IDX files not in {FASHION_MNIST_ROOT} (Debian: dataset-fashion-mnist)")
+    run_script("fmnist_accuracy.py", tmp_path, "--runs-dir", str(tmp_path / "runs"))
+    data = json.loads((tmp_path / "fmnist_accuracy.json").read_text())
+    assert {"machine", "command", "settings", "runs", "summary", "findings"} <= set(data)
+    assert data["complete"] is True and data["machine"]["torch_pruning"]
+    assert data["settings"]["epochs"] == 1 and data["settings"]["seeds"] == [0]
+    assert data["settings"]["train_subset"] == 2000 and data["settings"]["targets"] == [0.5]
+    runs = data["runs"]
+    strategies = ["chex", "magnitude", "random", "tp_magnitude", "tp_bnscale"]
+    assert [r["strategy"] for r in runs] == ["dense", *strategies]
+    for r in runs:
+        assert r["status"] == "ok", r
+        assert 0 <= r["top1"] <= 100 and r["wall_s"] > 0
+    for r in runs[1:]:  # every strategy at the same MACs: the target within 1%
+        assert abs((1 - r["macs_reduction"]) - 0.5) <= 0.005, r
+    per = data["summary"]["targets"]["0.5"]
+    assert set(per) == set(strategies)
+    assert all(v["n"] == 1 and v["delta_dense_mean"] is not None for v in per.values())
+    md = (tmp_path / "fmnist_accuracy.md").read_text()
+    assert "| tp_bnscale |" in md and "## What we found" in md and "--quick" in md
+
+
+def test_speedup_quick(tmp_path):
+    run_script("speedup.py", tmp_path)
+    data = json.loads((tmp_path / "speedup.json").read_text())
+    assert {"machine", "command", "settings", "target", "results"} <= set(data)
+    assert data["machine"]["torch"] and data["machine"]["torch_threads"] == data["settings"]["threads"] == 2
+    assert data["target"]["met"] is None  # the quick run has no ResNet-50
+    rows = data["results"]
+    assert sorted({r["model"] for r in rows}) == ["resnet18", "resnet20"]
+    assert {(r["model"], r["round_to"], r["batch"]) for r in rows} == {
+        (m, rt, b) for m in ("resnet18", "resnet20") for rt in (1, 8) for b in (1, 4)
+    }
+    for r in rows:
+        assert len(r["dense_runs_ms"]) == len(r["slim_runs_ms"]) == 2
+        assert r["dense_ms"] > 0 and r["slim_ms"] > 0
+        assert r["speedup"] == pytest.approx(r["dense_ms"] / r["slim_ms"])
+        assert r["ideal_speedup"] == pytest.approx(r["macs_dense"] / r["macs_slim"])
+        assert r["fraction_of_ideal"] == pytest.approx(r["speedup"] / r["ideal_speedup"])
+        assert r["macs_ok"] and r["macs_fraction"] == pytest.approx(0.5, rel=0.01)
+        assert r["rel_error"] <= 1e-4
+    md = (tmp_path / "speedup.md").read_text()
+    assert "| resnet18 | 64x64 | 8 | 4 |" in md and "of ideal" in md and "--quick" in md
