@@ -218,9 +218,11 @@ def target_status(rows: list[dict]) -> dict:
 
 def write(out: Path, rows: list[dict], info: dict, settings: dict, command: str, total_s: float) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    info = {**info, "load_1min_at_end": load_avg()}
-    loads = [v for v in (info["load_1min_at_start"], info["load_1min_at_end"]) if v is not None]
-    busy = bool(loads) and max(loads) > (info["cores"] or 1) + 0.5 and info["torch_threads"] > 1
+    info = {"load_1min_at_end": load_avg(), **info}
+    # the load at the end includes our own threads; at the start it does not
+    start, end, threads = info["load_1min_at_start"], info["load_1min_at_end"], info["torch_threads"]
+    loads = [v for v in (None if start is None else start + threads, end) if v is not None]
+    busy = bool(loads) and max(loads) > (info["cores"] or 1) + 1 and threads > 1
     target = target_status(rows)
     data = {"machine": info, "command": command, "settings": settings, "target": target, "total_s": total_s,
             "results": rows}  # fmt: skip
@@ -288,10 +290,10 @@ def write(out: Path, rows: list[dict], info: dict, settings: dict, command: str,
     if busy:
         lines += [
             "",
-            f"**Warning: the machine was oversubscribed** (1-min load above its {info['cores']} cores) while "
-            f"{info['torch_threads']} torch threads ran: OpenMP barriers then wait for descheduled threads, "
-            "which inflates latencies by up to orders of magnitude and makes the ratios unreliable. Rerun on a "
-            "quiet machine, or with `--threads 1`.",
+            "**Warning: the machine was oversubscribed** (1-min load average, counting these threads, above "
+            f"{info['cores']} cores + 1) while {info['torch_threads']} torch threads ran: OpenMP barriers then "
+            "wait for descheduled threads, which inflates latencies by up to orders of magnitude and makes the "
+            "ratios unreliable. Rerun on a quiet machine, or with `--threads 1`.",
         ]
     lines += [
         "",
