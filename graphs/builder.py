@@ -7,13 +7,14 @@ from collections.abc import Iterable
 from typing import Any
 
 import networkx as nx
+import numpy as np
 import torch
 from torch import nn
 
 from .atoms import Atoms
 from .graph import ChannelGraph, ChannelGroup, Member
 from .rules import Propagator
-from .trace import GraphBuildError, record, trace, unwrap
+from .trace import record, trace, unwrap
 
 PRODUCER_ROLES = ("out", "fresh")
 MAX_REASONS = 5
@@ -55,12 +56,13 @@ def build_graph(
 
 
 def _gather(atoms: Atoms) -> tuple[list[ChannelGroup], list[ChannelGroup]]:
-    roots = atoms.roots()
+    # numpy, not torch: thousands of tiny index operations, where torch's per-call overhead dominated
+    roots = atoms.roots().numpy()
     n = len(roots)
     blocks = atoms.blocks
     # each class is owned by the first producer space (conv/linear output, fresh space) that holds it;
     # classes no producer holds (a parameter never coupled to a tensor) are owned by their own block
-    owner = torch.full((n,), -1, dtype=torch.long)
+    owner = np.full(n, -1, dtype=np.int64)
     g = nx.Graph()
     for pass_roles in (PRODUCER_ROLES, None):
         for bi, b in enumerate(blocks):
@@ -68,25 +70,25 @@ def _gather(atoms: Atoms) -> tuple[list[ChannelGroup], list[ChannelGroup]]:
                 continue
             r = roots[b.start : b.start + b.size]
             mine = owner[r] == -1
-            if pass_roles is None and not bool(mine.any()):
+            if pass_roles is None and not mine.any():
                 continue
             owner[r[mine]] = bi
             g.add_node(bi)
             if pass_roles is not None:
-                for other in torch.unique(owner[r]).tolist():
+                for other in np.unique(owner[r]).tolist():
                     if other != bi:
                         g.add_edge(bi, other)
     components = sorted((sorted(c) for c in nx.connected_components(g)), key=lambda c: c[0])
 
     frozen_why: dict[int, list[str]] = {}
     for at, reason in atoms.frozen:
-        for r in torch.unique(roots[at]).tolist():
+        for r in np.unique(roots[at.numpy()]).tolist():
             lst = frozen_why.setdefault(r, [])
             if reason not in lst and len(lst) < MAX_REASONS:
                 lst.append(reason)
 
-    gmap = torch.full((n,), -1, dtype=torch.long)  # root -> group index
-    cmap = torch.full((n,), -1, dtype=torch.long)  # root -> channel index within its group
+    gmap = np.full(n, -1, dtype=np.int64)  # root -> group index
+    cmap = np.full(n, -1, dtype=np.int64)  # root -> channel index within its group
     frozen_roots = set(frozen_why)
     metas = []
     used_ids: set[str] = set()
@@ -99,17 +101,16 @@ def _gather(atoms: Atoms) -> tuple[list[ChannelGroup], list[ChannelGroup]]:
             r = r[(owner[r] == bi) & (gmap[r] == -1)]
             if not len(r):
                 continue
-            uniq, inverse = torch.unique(r, return_inverse=True)
-            first = torch.full((len(uniq),), len(r), dtype=torch.long)
-            first.scatter_reduce_(0, inverse, torch.arange(len(r)), reduce="amin")
-            ordered = uniq[torch.argsort(first)]  # channels in the order the producer holds them
+            _, first = np.unique(r, return_index=True)
+            ordered = r[np.sort(first)]  # channels in the order the producer holds them
             gmap[ordered] = gi
-            cmap[ordered] = torch.arange(size, size + len(ordered))
+            cmap[ordered] = np.arange(size, size + len(ordered))
             size += len(ordered)
-            for root in frozen_roots.intersection(ordered.tolist()):
-                for why in frozen_why[root]:
-                    if why not in reasons and len(reasons) < MAX_REASONS:
-                        reasons.append(why)
+            if frozen_roots:
+                for root in frozen_roots.intersection(ordered.tolist()):
+                    for why in frozen_why[root]:
+                        if why not in reasons and len(reasons) < MAX_REASONS:
+                            reasons.append(why)
         first_block = blocks[comp[0]]
         gid = first_block.module if first_block.role == "out" and first_block.module else first_block.name
         base, k = gid, 2
@@ -125,9 +126,18 @@ def _gather(atoms: Atoms) -> tuple[list[ChannelGroup], list[ChannelGroup]]:
             continue
         r = roots[b.start : b.start + b.size]
         gi, ch = gmap[r], cmap[r]
-        for k in torch.unique(gi).tolist():
-            pos = torch.nonzero(gi == k).flatten()
-            members[k].append(Member(b.module, b.param, b.dim, pos, ch[pos], b.role))
+        first = gi[0]
+        if (gi == first).all():  # the usual case: the whole dimension is in one group
+            pos = np.arange(len(gi))
+            members[first].append(
+                Member(b.module, b.param, b.dim, torch.from_numpy(pos), torch.from_numpy(ch), b.role)
+            )
+            continue
+        for k in np.unique(gi).tolist():
+            pos = np.flatnonzero(gi == k)
+            members[k].append(
+                Member(b.module, b.param, b.dim, torch.from_numpy(pos), torch.from_numpy(ch[pos]), b.role)
+            )
 
     groups, frozen = [], []
     for (gid, size, producers, reasons), mem in zip(metas, members):
@@ -138,6 +148,3 @@ def _gather(atoms: Atoms) -> tuple[list[ChannelGroup], list[ChannelGroup]]:
             grp.reasons.append("no layer produces these channels")
         (frozen if grp.reasons else groups).append(grp)
     return groups, frozen
-
-
-__all__ = ["build_graph", "GraphBuildError", "as_inputs"]

@@ -105,6 +105,17 @@ class _Recorder(fx.Interpreter):
         if not self.meta:
             return super().call_module(target, args, kwargs)
         mod = self.fetch_attr(target)
+        if type(mod) in _SAME_SHAPE and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
+            # meta kernels of these run through Python decompositions (~1 ms each); the shape is the input's
+            x = args[0]
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm) and (x.dim() < 2 or x.shape[1] != mod.num_features):
+                raise RuntimeError(f"{type(mod).__name__}({mod.num_features}) got an input of shape {tuple(x.shape)}")
+            return x
+        if type(mod) is nn.LayerNorm and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
+            x, ns = args[0], tuple(mod.normalized_shape)
+            if tuple(x.shape[x.dim() - len(ns) :]) != ns:
+                raise RuntimeError(f"LayerNorm({ns}) got an input of shape {tuple(x.shape)}")
+            return x
         state = {k: _to_meta(v) for k, v in [*mod.named_parameters(), *mod.named_buffers()]}
         return torch.func.functional_call(mod, state, tuple(args), dict(kwargs))
 
@@ -125,6 +136,15 @@ class _Recorder(fx.Interpreter):
             ) from e
         self.values[n] = _to_meta(out)
         return out
+
+
+# modules whose output has the input's shape and dtype (eval mode)
+_SAME_SHAPE = {
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.Identity,
+    nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh,
+    nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.Softplus,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+}  # fmt: skip
 
 
 def _to_meta(v: Any) -> Any:
