@@ -459,18 +459,19 @@ class Propagator:
             dims, grid = x.spread
             for d, n in zip(dims, grid.shape):
                 shape[d] = n
-        labels = grid.reshape(shape).expand(tuple(inp.shape)).contiguous()
-        args = (labels,) + tuple(self.value(a) for a in node.args[1:])
-        kwargs = {k: self.value(v) for k, v in node.kwargs.items()}
+        # an expanded (stride-0) label tensor first: permutes and slices keep the zero strides, which tells
+        # read_labels which dims cannot vary without comparing every element; ops that need real memory
+        # (in-place writes, some views) get a materialized copy
+        labels = grid.reshape(shape).expand(tuple(inp.shape))
         try:
-            if node.op == "call_method":
-                res = getattr(labels, node.target)(*args[1:], **kwargs)
-            elif node.op == "call_module":
-                res = self.modules[node.target](labels, *args[1:], **kwargs)
-            else:
-                res = node.target(*args, **kwargs)
-        except Exception as e:
-            return self.unknown(node, f"{self.describe(node)} could not be followed ({type(e).__name__}: {e})")
+            res = self.apply(node, labels)
+        except Exception:
+            labels = labels.contiguous()
+            try:
+                res = self.apply(node, labels)
+            except Exception as e:
+                why = f"{self.describe(node)} could not be followed ({type(e).__name__}: {e})"
+                return self.unknown(node, why)
         total = len(torch.unique(grid))
         parts = [res] if isinstance(res, torch.Tensor) else [r for r in res if isinstance(r, torch.Tensor)]
         if any(_distinct(r, int(grid.max()) + 1) < total for r in parts):
@@ -487,6 +488,15 @@ class Propagator:
         if isinstance(res, (list, tuple)):
             return tuple(self.read_labels(node, x, r) if isinstance(r, torch.Tensor) else None for r in res)
         return self.unknown(node)
+
+    def apply(self, node: fx.Node, labels: torch.Tensor) -> Any:
+        args = tuple(self.value(a) for a in node.args[1:])
+        kwargs = {k: self.value(v) for k, v in node.kwargs.items()}
+        if node.op == "call_method":
+            return getattr(labels, node.target)(*args, **kwargs)
+        if node.op == "call_module":
+            return self.modules[node.target](labels, *args, **kwargs)
+        return node.target(labels, *args, **kwargs)
 
     def couple_chunks(self, node: fx.Node, x: Ann, parts: list[torch.Tensor]) -> Any:
         """``x.chunk(n, dim=channels)``: the slimmed tensor is cut into n equal parts, so channel i of every
@@ -522,6 +532,10 @@ class Propagator:
     def read_labels(self, node: fx.Node, x: Ann, res: torch.Tensor) -> Ann | None:
         if res.numel() == 0:
             return None
+        moving = [e for e in range(res.dim()) if res.shape[e] > 1 and res.stride(e) != 0]
+        if len(moving) == 1:  # only one dim can vary (the others are broadcast): it holds the channels
+            e = moving[0]
+            return Ann(e, x.atoms[res[tuple(slice(None) if d == e else 0 for d in range(res.dim()))]])
         varying = [e for e in range(res.dim()) if not bool((res == res.narrow(e, 0, 1)).all())]
         if len(varying) > 1:  # the channel space now spans several dims
             index = tuple(slice(None) if e in varying else 0 for e in range(res.dim()))
