@@ -29,8 +29,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -41,7 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-import torchvision  # noqa: E402
+import yaml  # noqa: E402
+from bench_common import command_line, machine_info  # noqa: E402
 
 import prunekit as pk  # noqa: E402
 from prunekit.config import load_config  # noqa: E402
@@ -63,32 +62,6 @@ def fashion_mnist_root(root: str | None) -> str | None:
             return r
     return None
 
-
-def machine(threads: int) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    try:
-        import torch_pruning as tp
-
-        tp_version = getattr(tp, "__version__", "?")
-    except ImportError:
-        tp_version = None
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": threads,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "torch_pruning": tp_version,
-        "prunekit": getattr(pk, "__version__", "?"),
-    }
 
 
 def run_config(args: argparse.Namespace, strategy: str, seed: int, target: float | None, runs_dir: Path) -> Any:
@@ -113,7 +86,20 @@ def run_config(args: argparse.Namespace, strategy: str, seed: int, target: float
         flags["prune.macs"] = round(1.0 - target, 6)
     if strategy in TP_STRATEGIES:
         flags["prune.params.input_size"] = 28
+    for item in args.param or []:
+        name, key, value = parse_param(item)
+        if name == strategy and target is not None:
+            flags[f"prune.params.{key}"] = value
     return load_config(str(CONFIG), flags=flags)
+
+
+def parse_param(item: str) -> tuple[str, str, Any]:
+    """``STRATEGY.KEY=VALUE`` (VALUE read as YAML) -> (strategy, key, value)."""
+    head, sep, value = item.partition("=")
+    name, dot, key = head.partition(".")
+    if not sep or not dot or not name or not key:
+        raise SystemExit(f"--param {item!r}: expected STRATEGY.KEY=VALUE, e.g. chex.delta_T=0.5")
+    return name, key, yaml.safe_load(value)
 
 
 def one_run(args: argparse.Namespace, strategy: str, seed: int, target: float | None, runs_dir: Path) -> dict:
@@ -296,6 +282,11 @@ def write(out: Path, data: dict[str, Any]) -> None:
         "strategy (prunekit's bisection over the global sparsity); *MACs reduction* is measured on the slimmed "
         "model. Delta = mean over seeds of (strategy - dense of the same seed), in points.",
         "",
+        *(
+            [f"Strategy parameters set for this run (`--param`): {', '.join(f'`{p}`' for p in s['params'])}.", ""]
+            if s.get("params")
+            else []
+        ),
         f"Dense: top-1 **{_fmt(dense['top1_mean'])}** ± {_fmt(dense['top1_std'])} % "
         f"({dense['n']} run(s), mean wall {_fmt(dense['wall_mean_s'], '.0f')} s).",
         "",
@@ -346,6 +337,10 @@ def write(out: Path, data: dict[str, Any]) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=None, help="epochs per run, every strategy (default 10)")
+    ap.add_argument(
+        "--param", action="append", metavar="STRATEGY.KEY=VALUE",
+        help="a strategy parameter for this benchmark, repeatable (e.g. chex.delta_T=0.5)",
+    )  # fmt: skip
     ap.add_argument("--seeds", type=int, default=None, help="number of seeds 0..N-1 (default 3)")
     ap.add_argument(
         "--targets", type=float, nargs="+", default=None,
@@ -379,9 +374,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    omp = os.environ.get("OMP_NUM_THREADS")
-    command = (f"OMP_NUM_THREADS={omp} " if omp else "") + ".venv/bin/python benchmarks/fmnist_accuracy.py "
-    command += " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = command_line("fmnist_accuracy.py", argv)
     if fashion_mnist_root(args.data_root) is None:
         sys.exit(
             f"Fashion-MNIST IDX files not found in {args.data_root or FASHION_MNIST_ROOT}: install Debian's "
@@ -398,7 +391,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         plan.append((seed, "dense", None))
         plan += [(seed, s, t) for t in args.targets for s in args.strategies]
     data: dict[str, Any] = {
-        "machine": machine(args.threads),
+        "machine": machine_info(args.threads),
         "command": command.strip(),
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
         "settings": {
@@ -407,6 +400,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "targets": args.targets,
             "strategies": args.strategies,
             "train_subset": args.train_subset,
+            "params": args.param or [],
             "test_subset": args.test_subset,
             "threads": args.threads,
             "device": args.device,

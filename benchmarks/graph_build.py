@@ -15,9 +15,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -29,6 +26,8 @@ import torchvision
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench_common import command_line, machine_info  # noqa: E402
 
 import prunekit as pk  # noqa: E402
 
@@ -54,29 +53,6 @@ def timed(fn, *args) -> float:
     fn(*args)
     return time.perf_counter() - t
 
-
-def machine() -> dict:
-    import torch_pruning as tp
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "torch_pruning": getattr(tp, "__version__", "?"),
-    }
 
 
 def bench(name: str, size: int, runs: int) -> dict:
@@ -146,10 +122,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     models = args.models or (QUICK_MODELS if args.quick else MODELS)
     runs = args.runs or (2 if args.quick else 5)
     size = args.size or (64 if args.quick else 224)
-    command = ".venv/bin/python benchmarks/graph_build.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
-    )
-    info = machine()
+    command = command_line("graph_build.py", argv)
+    info = machine_info()
     rows = []
     for name in models:
         r = bench(name, size, runs)

@@ -22,9 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -36,6 +33,8 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench_common import command_line, machine_info  # noqa: E402
 
 import prunekit as pk  # noqa: E402
 from prunekit.controller import PruningController  # noqa: E402
@@ -152,28 +151,6 @@ def bench_model(name: str, size: int, batch: int, runs: int, warmup: bool = True
     return event, step
 
 
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "prunekit": pk.__version__,
-    }
-
 
 def write_markdown(path: Path, data: dict) -> None:
     mc = data["machine"]
@@ -249,9 +226,10 @@ def main(argv: list[str] | None = None) -> int:
             f"({100 * st['overhead']:+.1f}%)  [{time.perf_counter() - t:.0f}s]",
             flush=True,
         )
-    given = sys.argv[1:] if argv is None else argv
-    cmd = " ".join([".venv/bin/python", "benchmarks/overhead.py", *map(shlex.quote, given)])
-    data = {"command": cmd, "quick": args.quick, "runs": runs, "machine": machine(), "events": events, "steps": steps}
+    cmd = command_line("overhead.py", argv)
+    data = {
+        "command": cmd, "quick": args.quick, "runs": runs, "machine": machine_info(), "events": events, "steps": steps
+    }  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "overhead.json").write_text(json.dumps(data, indent=1))

@@ -26,9 +26,6 @@ import argparse
 import copy
 import json
 import math
-import os
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -42,6 +39,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_common import command_line, load_avg, machine_info  # noqa: E402
+
 import prunekit as pk  # noqa: E402
 from prunekit.controller import MACS_TOLERANCE, PruningController  # noqa: E402
 from prunekit.models import build_model  # noqa: E402
@@ -54,34 +53,6 @@ MAX_RUNS = 40
 TARGET = {"model": "resnet50", "batch": 32, "fraction_of_ideal": 0.85}
 
 
-def machine(threads: int) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": threads,
-        "load_1min_at_start": load_avg(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "mkldnn": torch.backends.mkldnn.is_available(),
-    }
-
-
-def load_avg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
 
 
 def make_model(name: str, size: int) -> nn.Module:
@@ -366,10 +337,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         torch.set_num_interop_threads(1)
     except RuntimeError:
         pass
-    command = ".venv/bin/python benchmarks/speedup.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
-    )
-    info = machine(torch.get_num_threads())
+    command = command_line("speedup.py", argv)
+    info = machine_info(torch.get_num_threads())
     settings = {"models": models, "batches": args.batches, "round_to": args.round_to, "macs": args.macs,
                 "threads": args.threads, "runs": args.runs, "budget_s": args.budget_s, "warmup": args.warmup,
                 "min_run_ms": args.min_run_ms, "strategy": "magnitude", "quick": args.quick}  # fmt: skip

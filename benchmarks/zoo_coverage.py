@@ -17,7 +17,6 @@ import argparse
 import json
 import multiprocessing as mp
 import queue
-import shlex
 import sys
 import time
 import traceback
@@ -32,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from bench_common import command_line  # noqa: E402
 from tp_compare import classifier_of, compare_partitions, ours_partition, tp_partition  # noqa: E402
 
 import prunekit as pk  # noqa: E402
@@ -203,10 +203,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--out", default=str(ROOT / "docs" / "results"), help="output folder")
     args = ap.parse_args(argv)
     names = args.models or (QUICK if args.quick else sorted(torchvision.models.list_models(module=torchvision.models)))
-    command = ".venv/bin/python benchmarks/zoo_coverage.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
-    )
-    command = command.strip()
+    command = command_line("zoo_coverage.py", argv)
     skipped = {n: TOO_BIG[n] for n in names if n in TOO_BIG}
     rows: list[dict] = []
     out = Path(args.out)
