@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # cheapest first, so a broken set-up shows early
-SCRIPTS = ["graph_build.py", "overhead.py", "speedup.py", "fmnist_accuracy.py", "zoo_coverage.py"]
+SCRIPTS = ["graph_build.py", "overhead.py", "speedup.py", "chex_ablation.py", "fmnist_accuracy.py", "zoo_coverage.py"]
 
 
 def main(argv: list[str] | None = None) -> int:

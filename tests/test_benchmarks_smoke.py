@@ -101,3 +101,19 @@ def test_speedup_quick(tmp_path):
         assert r["rel_error"] <= 1e-4
     md = (tmp_path / "speedup.md").read_text()
     assert "| resnet18 | 64x64 | 8 | 4 |" in md and "of ideal" in md and "--quick" in md
+
+
+def test_chex_ablation_quick(tmp_path):
+    run_script("chex_ablation.py", tmp_path)
+    data = json.loads((tmp_path / "chex_ablation.json").read_text())
+    assert data["settings"]["epochs"] == 2 and data["settings"]["seeds"] == [0]
+    variants = [r["variant"] for r in data["summary"]]
+    assert variants[0] == "chex (defaults)" and {"magnitude", "random", "chex explore=false"} <= set(variants)
+    for r in data["runs"]:
+        assert r["status"] == "ok", r
+        assert abs(r["macs_reduction"] - 0.5) <= 0.01, r
+    # switching exploration off leaves one pruning event; CHEX's defaults explore more than once
+    events = {r["variant"]: r["events"] for r in data["runs"]}
+    assert events["chex explore=false"] == 1 and events["chex (defaults)"] > 1
+    md = (tmp_path / "chex_ablation.md").read_text()
+    assert "| chex (defaults) |" in md and "--quick" in md
