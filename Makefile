@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.setup-$(shell cat pyproject.toml Makefile | sha1sum | cut -c
 TORCH   := torch==2.14.1 torchvision==0.29.1
 FMNIST  := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup run test test-all bench lint data clean
+.PHONY: setup run test test-all bench bench-accuracy lint data clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,11 @@ test-all: setup data
 
 bench: setup data
 	$(BIN)/python benchmarks/run_all.py
+
+# hours on 2 CPU cores: the settings of docs/results/fmnist_accuracy.md
+bench-accuracy: setup data
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/fmnist_accuracy.py --epochs 6 --train-subset 5000 \
+	  --test-subset 2000 --seeds 3 --threads 1 --param chex.delta_T=0.5
 
 lint: setup
 	$(BIN)/ruff check prunekit graphs strategies tests benchmarks
