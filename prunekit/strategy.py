@@ -464,20 +464,25 @@ class PruningState:
             self.extra["_dim_masks"] = cached
         return cached[1]
 
+    def _member_tensor(self, m: Member, dm: dict[tuple[str, str], dict[int, torch.Tensor]] | None) -> torch.Tensor:
+        """The tensor ``m`` lives in: as it is (``dm`` None), or with the positions of ``m``'s dimension that
+        are pruned replaced by their MRU values and elements pruned through other dimensions zeroed."""
+        t = lookup_tensor(self.model, m.module, m.param).detach()
+        if dm is None:
+            return t
+        key = (m.module, m.param)
+        own = dm[key][m.dim]
+        view = [1] * t.dim()
+        view[m.dim] = t.shape[m.dim]
+        mru = self.mru.values[key]
+        t = torch.where(own.view(view).to(t.device), t, mru.to(t.dtype))
+        others = _other_dims_mask(dm[key], t.shape, m.dim)
+        return t if others is None else t * others.to(t.device)
+
     def _member_rows(
         self, group: ChannelGroup, m: Member, dm: dict[tuple[str, str], dict[int, torch.Tensor]] | None
     ) -> torch.Tensor:
-        t = lookup_tensor(self.model, m.module, m.param).detach()
-        if dm is not None:
-            key = (m.module, m.param)
-            own = dm[key][m.dim]
-            view = [1] * t.dim()
-            view[m.dim] = t.shape[m.dim]
-            mru = self.mru.values[key]
-            t = torch.where(own.view(view).to(t.device), t, mru.to(t.dtype))
-            others = _other_dims_mask(dm[key], t.shape, m.dim)
-            if others is not None:
-                t = t * others.to(t.device)
+        t = self._member_tensor(m, dm)
         rows = t.movedim(m.dim, 0).index_select(0, m.positions.to(t.device)).reshape(len(m.positions), -1)
         rows = rows.float()
         counts = torch.bincount(m.channels, minlength=group.size)
@@ -510,20 +515,30 @@ class PruningState:
         w = self.channel_matrix(group, roles=roles, params=params, source=source)
         return w.norm(p=p, dim=1).cpu()
 
-    def bn_scales(self, group: ChannelGroup) -> torch.Tensor | None:
-        """Mean |gamma| over the group's norm members' ``weight`` per channel (CPU float32), or None when
-        the group has no affine norm layer."""
+    def bn_scales(self, group: ChannelGroup, source: str = "live", reduce: str = "mean") -> torch.Tensor | None:
+        """|gamma| of the group's norm members' ``weight`` per channel, combined over the members by
+        ``reduce`` (``"mean"`` or ``"max"``), as a CPU float32 tensor; None when the group has no affine norm
+        layer. ``source``: ``"live"`` (pruned channels read 0) or ``"mru"`` (pruned channels read the
+        |gamma| they had when last active), as in ``channel_matrix``."""
+        if source not in ("live", "mru"):
+            raise ValueError(f"bn_scales source must be 'live' or 'mru', got {source!r}")
+        if reduce not in ("mean", "max"):
+            raise ValueError(f"bn_scales reduce must be 'mean' or 'max', got {reduce!r}")
         norms = [m for m in group.members if m.role == "norm" and m.param == "weight"]
         if not norms:
             return None
+        dm = self._dim_masks() if source == "mru" else None
         total = torch.zeros(group.size)
         count = torch.zeros(group.size)
         for m in norms:
-            t = lookup_tensor(self.model, m.module, m.param).detach().float().abs().cpu()
+            t = self._member_tensor(m, dm).float().abs().cpu()
             vals = t.movedim(m.dim, 0)[m.positions].reshape(len(m.positions), -1).mean(1)
-            total.index_add_(0, m.channels, vals)
+            if reduce == "max":
+                total.scatter_reduce_(0, m.channels, vals, "amax")
+            else:
+                total.index_add_(0, m.channels, vals)
             count.index_add_(0, m.channels, torch.ones_like(vals))
-        return total / count.clamp_min(1)
+        return total if reduce == "max" else total / count.clamp_min(1)
 
 
 # ---------------------------------------------------------------------------------------------- helpers

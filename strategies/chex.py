@@ -3,8 +3,9 @@ CVPR 2022, arXiv 2203.15794), applied to every prunable group of the channel gra
 
 Train from scratch at about the target size; every ``delta_T`` epochs up to ``T_max``:
 
-1. allocate: rank the BN scales |gamma| of all prunable channels globally; group l keeps
-   k_l = (1 - kappa_l(S)) C_l channels, kappa_l(S) = |{i : |gamma_i^l| <= q(Gamma, S)}| / C_l;
+1. allocate: rank the BN scales |gamma| of all prunable channels globally (a pruned channel at the |gamma|
+   it had when last active, so widths can grow back); group l keeps k_l = (1 - kappa_l(S)) C_l channels,
+   kappa_l(S) = |{i : |gamma_i^l| <= q(Gamma, S)}| / C_l;
 2. prune each group by column subset selection: keep the k_l channels with the largest leverage scores
    ||V_k[j, :]||^2 of the top-k_l right singular vectors of W (rows: the stacked filters, one column per
    channel); groups whose W has fewer rows than columns fall back to the L1 norm, as the authors do;
@@ -173,6 +174,14 @@ class CHEX(Strategy):
         "regrow_init": Param(
             str, "mru", choices=("mru", "zero"), help="regrown channels start from their MRU values or zeros"
         ),
+        "pruned_gamma": Param(
+            str, "mru", choices=("mru", "zero"),
+            help="allocation ranks pruned channels by their MRU |gamma| (widths can grow back) or as 0",
+        ),
+        "coupled_gamma": Param(
+            str, "mean", choices=("mean", "max"),
+            help="score of a channel shared by several BN layers: mean or max of their |gamma|",
+        ),
         "explore": Param(
             bool, True, help="false: prune once to S before training and never explore (ablation)"
         ),
@@ -230,16 +239,18 @@ class CHEX(Strategy):
     # -- allocate ------------------------------------------------------------------------------------
 
     def channel_scores(self, state: PruningState) -> dict[str, torch.Tensor]:
-        """Per-group channel importance for the global allocation: mean |gamma| over the group's BN
-        layers; for a group without BN, the L1 norm of its filters rescaled so that its mean over active
+        """Per-group channel importance for the global allocation: |gamma| combined over the group's BN
+        layers (``coupled_gamma``), pruned channels at their MRU |gamma| (``pruned_gamma: mru``) or 0; for a
+        group without BN, the L1 norm of its filters rescaled so that its mean over active
         channels equals the mean |gamma| of the active BN channels of the model (cached per event)."""
         cached = state.extra.get("chex_scores")
         if cached is not None:
             return cached
         scores: dict[str, torch.Tensor] = {}
         missing = []
+        source = "mru" if self.pruned_gamma == "mru" else "live"
         for g in state.graph.groups:
-            s = state.bn_scales(g)
+            s = state.bn_scales(g, source=source, reduce=self.coupled_gamma)
             if s is None:
                 missing.append(g)
             else:
@@ -249,7 +260,7 @@ class CHEX(Strategy):
             active = [scores[g.id][state.mask(g.id)] for g in state.graph.groups if g.id in scores]
             ref = float(torch.cat(active).mean()) if active and sum(len(a) for a in active) else 1.0
             for g in missing:
-                l1 = state.channel_norms(g, p=1)
+                l1 = state.channel_norms(g, p=1, source=source)
                 act = l1[state.mask(g)]
                 mean = float(act.mean()) if len(act) else 0.0
                 scores[g.id] = l1 * (ref / mean) if mean > 0 else torch.full_like(l1, ref)

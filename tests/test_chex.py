@@ -96,6 +96,33 @@ def test_percentile_allocation_matches_hand_computation():
     }  # fmt: skip
 
 
+def test_pruned_channels_rank_by_their_mru_gamma_so_widths_can_grow_back():
+    sizes = [4, 4]
+    model = MultiNet(sizes)
+    graph = multi_graph(sizes)
+    with torch.no_grad():  # group 0 had strong channels 2, 3 before they were pruned; group 1 is weak
+        model.branches[0][1].weight.copy_(torch.tensor([0.5, 0.4, 0.9, 0.8]))
+        model.branches[1][1].weight.copy_(torch.tensor([0.3, 0.2, 0.1, 0.35]))
+    state = make_state(model, graph)
+    state.mru.snapshot(model, graph.full_keep())
+    keep = {"branches.0.0": torch.tensor([True, True, False, False]), "branches.1.0": torch.ones(4, dtype=torch.bool)}
+    pk.apply_masks(model, graph, keep)
+    state.keep = keep
+    budget = pk.Budget(sparsity=0.25)  # prune 2 of 8
+    # default (mru): group 0's pruned channels rank by the gammas they had (0.9, 0.8): it grows back to 4
+    assert CHEX().allocate(state, budget) == {"branches.0.0": 4, "branches.1.0": 2}
+    # zero (the paper's rule read literally): they rank lowest, so group 0 can never exceed its 2 active
+    state.extra.clear()
+    assert CHEX(pruned_gamma="zero").allocate(state, budget) == {"branches.0.0": 2, "branches.1.0": 4}
+
+
+def test_coupled_gamma_option():
+    chex = CHEX(coupled_gamma="max")
+    assert chex.coupled_gamma == "max" and CHEX().coupled_gamma == "mean"
+    with pytest.raises(ValueError, match="coupled_gamma"):
+        CHEX(coupled_gamma="sum")
+
+
 def test_groups_without_bn_use_rescaled_l1():
     sizes = [4, 4]
     model = MultiNet(sizes, bn=[True, False])

@@ -13,6 +13,7 @@ from conftest_strategies import (
     multi_graph,
     one_thread,  # noqa: F401  (fixture)
 )
+from prunekit.graphs import ChannelGraph, ChannelGroup, Member
 
 import prunekit as pk
 from prunekit.controller import PruningController
@@ -192,3 +193,32 @@ def test_channel_matrix_rows_are_filters_and_mru_source():
     assert torch.allclose(s2.bn_scales(s2.graph.groups[0]), torch.tensor([0.5, 0.25, 1.0]))
     with pytest.raises(ValueError, match="source"):
         st.channel_matrix(grp, source="old")
+
+
+def test_bn_scales_mru_source_and_max_over_coupled_norm_layers():
+    m = MultiNet([3, 2])
+    graph = multi_graph([3, 2])
+    grp = graph.groups[0]
+    with torch.no_grad():
+        m.branches[0][1].weight.copy_(torch.tensor([-0.5, 0.25, 1.0]))
+    st = make_state(m, graph)
+    st.mru.snapshot(m, graph.full_keep())
+    keep = {**graph.full_keep(), grp.id: torch.tensor([True, True, False])}
+    pk.apply_masks(m, graph, keep)
+    st.keep = keep
+    assert torch.allclose(st.bn_scales(grp), torch.tensor([0.5, 0.25, 0.0]))  # live: the pruned gamma is 0
+    assert torch.allclose(st.bn_scales(grp, source="mru"), torch.tensor([0.5, 0.25, 1.0]))  # as last active
+    # a channel shared by two norm layers (as on a residual stream): mean or max of their |gamma|
+    two = ChannelGroup(
+        "two", 3,
+        [Member("branches.0.1", "weight", 0, torch.arange(3), torch.arange(3), "norm"),
+         Member("branches.1.1", "weight", 0, torch.arange(2), torch.arange(2), "norm")],
+        producers=["branches.0.0"],
+    )  # fmt: skip
+    with torch.no_grad():
+        m.branches[1][1].weight.copy_(torch.tensor([2.0, -0.05]))
+    st2 = make_state(m, ChannelGraph([two], [], "two"))
+    assert torch.allclose(st2.bn_scales(two), torch.tensor([1.25, 0.15, 0.0]))  # mean over the layers present
+    assert torch.allclose(st2.bn_scales(two, reduce="max"), torch.tensor([2.0, 0.25, 0.0]))
+    with pytest.raises(ValueError, match="reduce"):
+        st2.bn_scales(two, reduce="sum")
