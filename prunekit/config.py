@@ -68,6 +68,9 @@ class TrainConfig:
     step_gamma: float = 0.1
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
+    # after an epoch with a pruning event, re-estimate BN statistics on this many training batches before
+    # evaluating (0: off); see harness.recalibrate_bn
+    bn_recalibration: int = 20
     amp: str = field(default="auto", metadata=_choices("auto", "off", "bf16", "fp16"))  # CUDA only
     channels_last: bool | None = None  # None: on with CUDA, off on CPU
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -250,6 +253,8 @@ def set_value(cfg: Config, key: str, value: Any, where: str = "") -> None:
         close = difflib.get_close_matches(str(value), choices, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}{hint}")
+    if key == "train.bn_recalibration" and value < 0:
+        raise ConfigError(f"{key} is a number of training batches and must be >= 0 (0: off), got {value}")
     if parts[0] == "prune" and name in ("sparsity", "macs") and value is not None:
         if not 0.0 < value < 1.0:
             raise ConfigError(f"{key} must be a fraction strictly between 0 and 1, got {value}")

@@ -46,6 +46,7 @@ from torch import nn
 from . import checkpoint as ckpt
 from .config import Config, ConfigError, from_dict, load_config
 from .data import BatchStream, DataBundle, build_data
+from .graphs.trace import unwrap
 from .models import build_model, check_model
 from .plan import load_pruned
 
@@ -267,6 +268,48 @@ def evaluate(model: nn.Module, stream: BatchStream, env: Env, num_classes: int) 
     if num_classes > 5:
         res["top5"] = 100.0 * float(sums[2]) / n
     return res
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, stream: BatchStream, epoch: int, batches: int, env: Env) -> int:
+    """Re-estimate the running mean and variance of every BatchNorm layer from the first ``batches``
+    training batches of ``epoch`` (train-mode forward passes, no gradients, a plain average over the
+    batches; averaged over DDP ranks). Returns the number of batches used.
+
+    Why: after a pruning event changed the masks, the running statistics describe the network before the
+    event (regrown channels come back with the statistics they had when pruned, and every layer after them
+    sees other inputs), so an evaluation right after it measures stale statistics, not the network. Training
+    itself is unaffected: in train mode BatchNorm normalizes with the batch's own statistics."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns or batches <= 0:
+        return 0
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches seen
+    was = model.training
+    model.train()
+    used = 0
+    try:
+        for x, y in stream.epoch(epoch):
+            if used >= batches:
+                break
+            x, _ = _to_device(x, y, env)
+            with _autocast(env):
+                model(x)
+            used += 1
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        model.train(was)
+    if env.distributed:
+        import torch.distributed as dist
+
+        for m in bns:
+            for buf in (m.running_mean, m.running_var):
+                dist.all_reduce(buf)
+                buf.div_(env.world)
+    return used
 
 
 def _logits(out: Any) -> torch.Tensor:
@@ -537,6 +580,7 @@ class _Trainer:
         train_stream = BatchStream(data.train, t.batch_size, True, t.seed, env.rank, env.world, cfg.data.workers)
         test_stream = BatchStream(data.test, t.eval_batch_size, False, t.seed, env.rank, env.world, cfg.data.workers)
         spe = len(train_stream)
+        self.train_stream = train_stream
         self.spec, self.steps_per_epoch = model_spec(cfg, data), spe
         optimizer = build_optimizer(model, cfg)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, spe))
@@ -641,6 +685,12 @@ class _Trainer:
             dist.all_reduce(acc)
             acc = acc.cpu()
         n = max(1.0, float(acc[2]))
+        recalibrated = 0
+        last_eval = state["history"][-1]["step"] if state["history"] else 0
+        if controller is not None and any(last_eval < e["step"] for e in controller.events if e["step"] > 0):
+            recalibrated = recalibrate_bn(
+                unwrap(net), self.train_stream, epoch, self.cfg.train.bn_recalibration, env
+            )
         ev = self._eval(net, test_stream)
         keep = controller.keep if controller is not None else graph.full_keep()
         row: dict[str, Any] = {
@@ -655,6 +705,7 @@ class _Trainer:
             "graph_macs": graph.macs(keep),
             "train_seconds": state["train_seconds"],
             "event_seconds": float(controller.event_seconds) if controller is not None else 0.0,
+            "bn_recalibrated": recalibrated,
         }
         return row
 
