@@ -3,6 +3,7 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fmnist_accuracy.py              # 3 seeds, 50% and 70% MACs reduction
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fmnist_accuracy.py --quick      # 1 seed, 1 epoch, 2k samples, 50%
     .venv/bin/python benchmarks/fmnist_accuracy.py --epochs 15 --train-subset 20000 --seeds 3 --threads 2
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fmnist_accuracy.py --jobs 2     # two runs at a time
 
 Fashion-MNIST (the IDX files of Debian's dataset-fashion-mnist, /usr/share/datasets/fashion-mnist) and the
 CIFAR-style ResNet-20 on 1x28x28, with the recipe of configs/fashion_mnist_resnet20.yaml (SGD + Nesterov,
@@ -17,6 +18,7 @@ first N training images (``data.limit_train``; Fashion-MNIST's order is shuffled
 Cost: 3 seeds x (1 dense + 2 targets x 5 strategies) = 33 runs. The harness trains the masked (dense-size)
 model, so every run costs about the same: on one thread of a shared 2-core AMD EPYC, ~4.4 ms per training
 image and ~1.4 ms per test image per epoch, i.e. the defaults take ~5 h there; ``--quick`` ~1.5 min.
+``--jobs N`` runs N of them at a time, each in its own process (results are the same: every run is seeded).
 
 Writes ``fmnist_accuracy.json`` (every run, per target x strategy summaries, machine, versions, command)
 and ``fmnist_accuracy.md`` (tables and a "what we found" section computed from the numbers) to ``--out``
@@ -28,10 +30,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import multiprocessing
 import os
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +107,19 @@ def parse_param(item: str) -> tuple[str, str, Any]:
     return name, key, yaml.safe_load(value)
 
 
+def failed_row(strategy: str, seed: int, target: float | None, error: str | None, wall: float) -> dict:
+    """The fields every row has (a run that produced no result has only these)."""
+    return {
+        "strategy": "dense" if target is None else strategy,
+        "plan_strategy": strategy,
+        "target_reduction": target,
+        "seed": seed,
+        "status": "failed",
+        "error": error,
+        "wall_s": wall,
+    }
+
+
 def one_run(args: argparse.Namespace, strategy: str, seed: int, target: float | None, runs_dir: Path) -> dict:
     cfg = run_config(args, strategy, seed, target, runs_dir)
     t0 = time.perf_counter()
@@ -110,15 +128,8 @@ def one_run(args: argparse.Namespace, strategy: str, seed: int, target: float | 
         status, error = res.status, res.error
     except Exception as e:  # one failing run must not lose the others
         res, status, error = None, "failed", f"{type(e).__name__}: {e}"
-    wall = time.perf_counter() - t0
-    row = {
-        "strategy": "dense" if target is None else strategy,
-        "target_reduction": target,
-        "seed": seed,
-        "status": status,
-        "error": error,
-        "wall_s": wall,
-    }
+    row = failed_row(strategy, seed, target, error, time.perf_counter() - t0)
+    row["status"] = status
     if res is not None:
         row.update(
             top1=res.top1,
@@ -350,6 +361,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images (default all)")
     ap.add_argument("--strategies", nargs="+", default=None, help=f"default: {' '.join(STRATEGIES)}")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per run (default 1)")
+    ap.add_argument(
+        "--jobs", type=int, default=1,
+        help="runs in parallel, each in its own process (default 1); jobs x threads should not exceed the cores",
+    )  # fmt: skip
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     ap.add_argument("--data-root", default=None, help="folder with the Fashion-MNIST IDX files")
     ap.add_argument("--runs-dir", default=None, help="parent of the run directories (default runs/fmnist_accuracy-*)")
@@ -362,8 +377,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     args.strategies = args.strategies or list(STRATEGIES)
-    if args.seeds < 1 or args.epochs < 1:
-        ap.error("--seeds and --epochs must be >= 1")
+    if args.seeds < 1 or args.epochs < 1 or args.jobs < 1:
+        ap.error("--seeds, --epochs and --jobs must be >= 1")
     if any(not 0.0 < t < 1.0 for t in args.targets):
         ap.error(f"--targets are fractions of MACs removed, strictly between 0 and 1; got {args.targets}")
     for key in ("train_subset", "test_subset"):
@@ -380,9 +395,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"Fashion-MNIST IDX files not found in {args.data_root or FASHION_MNIST_ROOT}: install Debian's "
             "dataset-fashion-mnist package or pass --data-root /folder/with/the/four/files"
         )
-    if any(s in TP_STRATEGIES for s in args.strategies):
-        import benchmarks.tp_strategies  # noqa: F401  (registers tp_magnitude and tp_bnscale)
-    torch.set_num_threads(args.threads)
+    _worker_init(args.threads, any(s in TP_STRATEGIES for s in args.strategies))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     runs_dir = Path(args.runs_dir) if args.runs_dir else ROOT / "runs" / f"fmnist_accuracy-{stamp}"
     seeds = list(range(args.seeds))
@@ -414,14 +427,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     t_start = time.perf_counter()
     out = Path(args.out)
-    for i, (seed, strategy, target) in enumerate(plan, 1):
-        row = one_run(args, strategy, seed, target, runs_dir)
+    order = {(seed, strategy, target): i for i, (seed, strategy, target) in enumerate(plan)}
+    for n, row in enumerate(run_plan(args, plan, runs_dir), 1):
         data["runs"].append(row)
-        what = "dense" if target is None else f"{strategy} @ {target * 100:g}%"
+        data["runs"].sort(key=lambda r: order[(r["seed"], r["plan_strategy"], r["target_reduction"])])
+        what = "dense" if row["target_reduction"] is None else f"{row['strategy']} @ {row['target_reduction'] * 100:g}%"
         res = f"top1 {row['top1']:.2f}%" if row.get("top1") is not None else f"FAILED: {row['error']}"
         red = f", MACs -{row['macs_reduction'] * 100:.1f}%" if row.get("macs_reduction") else ""
-        print(f"[{i}/{len(plan)}] seed {seed} {what}: {res}{red}, {row['wall_s']:.0f}s", flush=True)
-        data["complete"] = i == len(plan)
+        print(f"[{n}/{len(plan)}] seed {row['seed']} {what}: {res}{red}, {row['wall_s']:.0f}s", flush=True)
+        data["complete"] = n == len(plan)
         data["elapsed_s"] = time.perf_counter() - t_start
         data["summary"] = summarize(data["runs"], args.targets, args.strategies)
         data["findings"] = findings(data["summary"], args.strategies)
@@ -429,6 +443,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for line in data["findings"]:
         print(line)
     return data
+
+
+def _worker_init(threads: int, tp: bool) -> None:
+    """Per process: torch threads, and Torch-Pruning's strategies registered when the plan uses them."""
+    if tp:
+        import benchmarks.tp_strategies  # noqa: F401  (registers tp_magnitude and tp_bnscale)
+    torch.set_num_threads(threads)
+
+
+def run_plan(args: argparse.Namespace, plan: list[tuple[int, str, float | None]], runs_dir: Path) -> Iterator[dict]:
+    """The rows of ``plan``'s runs as they finish: one after the other in this process (``--jobs 1``), or
+    ``--jobs`` at a time in fresh (spawned) worker processes; a worker that dies is a failed row."""
+    if args.jobs == 1:
+        for seed, strategy, target in plan:
+            yield one_run(args, strategy, seed, target, runs_dir)
+        return
+    tp = any(s in TP_STRATEGIES for s in args.strategies)
+    ctx = multiprocessing.get_context("spawn")  # a fork after torch has started threads can deadlock
+    with ProcessPoolExecutor(args.jobs, mp_context=ctx, initializer=_worker_init, initargs=(args.threads, tp)) as ex:
+        futures = {ex.submit(one_run, args, strategy, seed, target, runs_dir): (seed, strategy, target)
+                   for seed, strategy, target in plan}  # fmt: skip
+        for fut in as_completed(futures):
+            seed, strategy, target = futures[fut]
+            try:
+                yield fut.result()
+            except Exception as e:  # the worker process died (killed, out of memory)
+                yield failed_row(strategy, seed, target, f"{type(e).__name__}: {e}", 0.0)
 
 
 if __name__ == "__main__":
