@@ -247,8 +247,10 @@ def set_value(cfg: Config, key: str, value: Any, where: str = "") -> None:
                 raise ConfigError(f"{key}: {p!r} is not a mapping")
         target[parts[-1]] = value
         return
-    value = _coerce(value, tp, key)
     choices = fields[name].metadata.get("choices")
+    if isinstance(value, bool) and choices and ("on" if value else "off") in choices:
+        value = "on" if value else "off"  # YAML reads a bare off/on as a boolean: `--set run.progress=off`
+    value = _coerce(value, tp, key)
     if choices and value not in choices:
         close = difflib.get_close_matches(str(value), choices, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
