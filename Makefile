@@ -36,10 +36,10 @@ test-all: setup data
 bench: setup data
 	$(BIN)/python benchmarks/run_all.py
 
-# hours on 2 CPU cores: the settings of docs/results/fmnist_accuracy.md
+# about an hour on 2 CPU cores (two runs at a time): the settings of docs/results/fmnist_accuracy.md
 bench-accuracy: setup data
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/fmnist_accuracy.py --epochs 6 --train-subset 5000 \
-	  --test-subset 2000 --seeds 3 --threads 1 --param chex.delta_T=0.5
+	  --test-subset 2000 --seeds 3 --threads 1 --param chex.delta_T=0.5 --jobs 2
 
 lint: setup
 	$(BIN)/ruff check prunekit graphs strategies tests benchmarks

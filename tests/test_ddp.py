@@ -57,5 +57,7 @@ def test_two_gloo_ranks_agree_and_write_once(tmp_path):
     with open(run_dir / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(row["epoch"]) for row in rows] == [1, 2, 3, 4]  # each epoch written once
+    # events end epochs 1-3: BN statistics re-estimated on both ranks (and averaged) before those evaluations
+    assert [int(row["bn_recalibrated"]) > 0 for row in rows] == [True, True, True, False]
     assert r.stdout.count("top-1 %") == 1  # one table (rank 0 only)
     assert (run_dir / "run.log").read_text().count("done: top1") == 1
