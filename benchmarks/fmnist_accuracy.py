@@ -22,7 +22,8 @@ image and ~1.4 ms per test image per epoch, i.e. the defaults take ~5 h there; `
 
 Writes ``fmnist_accuracy.json`` (every run, per target x strategy summaries, machine, versions, command)
 and ``fmnist_accuracy.md`` (tables and a "what we found" section computed from the numbers) to ``--out``
-(default docs/results/), after every run, so an interrupted benchmark leaves its partial results.
+(default docs/results/; ``--name`` changes the file names), after every run, so an interrupted benchmark
+leaves its partial results.
 """
 
 from __future__ import annotations
@@ -265,9 +266,10 @@ def _fmt(x: float | None, spec: str = ".2f") -> str:
 
 def write(out: Path, data: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "fmnist_accuracy.json.tmp"
+    stem = data["settings"].get("name", "fmnist_accuracy")
+    tmp = out / f"{stem}.json.tmp"
     tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, out / "fmnist_accuracy.json")
+    os.replace(tmp, out / f"{stem}.json")
     s, mc, summ = data["settings"], data["machine"], data["summary"]
     dense = summ["dense"]
     done, total = len(data["runs"]), data["runs_planned"]
@@ -284,7 +286,8 @@ def write(out: Path, data: dict[str, Any]) -> None:
         "final model is slimmed and measured.",
         "",
         "Strategies: **chex** (its defaults: exploration every 2 epochs until 72% of training, regrow "
-        "fraction 0.3 decaying on a cosine), **magnitude** (L1 norm of the filters, uniform widths, pruned "
+        "fraction 0.3 decaying on a cosine, pruned channels ranked by their last BN scale; BN statistics "
+        "re-estimated before evaluating an epoch with an event), **magnitude** (L1 norm of the filters, uniform widths, pruned "
         "once before training), **random** (uniform widths, random channels), **tp_magnitude** / "
         "**tp_bnscale** (Torch-Pruning's `MetaPruner` with `MagnitudeImportance(p=2)` / `BNScaleImportance`, "
         "local ranking, its progressive 400-step schedule stopped where the MACs target is met, choosing "
@@ -339,7 +342,7 @@ def write(out: Path, data: dict[str, Any]) -> None:
         "```",
         "",
     ]
-    (out / "fmnist_accuracy.md").write_text("\n".join(lines))
+    (out / f"{stem}.md").write_text("\n".join(lines))
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -371,6 +374,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, 2k train / 1k test images, 50%% only")
     ap.add_argument("--verbose", action="store_true", help="the harness's per-epoch log lines")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results"), help="output folder")
+    ap.add_argument("--name", default="fmnist_accuracy", help="output file names: NAME.md and NAME.json")
     args = ap.parse_args(argv)
     defaults = QUICK if args.quick else {"seeds": 3, "epochs": 10, "train_subset": 10000, "targets": [0.5, 0.7]}
     for key, value in defaults.items():
@@ -397,7 +401,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     _worker_init(args.threads, any(s in TP_STRATEGIES for s in args.strategies))
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    runs_dir = Path(args.runs_dir) if args.runs_dir else ROOT / "runs" / f"fmnist_accuracy-{stamp}"
+    runs_dir = Path(args.runs_dir) if args.runs_dir else ROOT / "runs" / f"{args.name}-{stamp}"
     seeds = list(range(args.seeds))
     plan: list[tuple[int, str, float | None]] = []
     for seed in seeds:  # seed-major: a partial result has every strategy of the first seeds
@@ -420,6 +424,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "config": str(CONFIG.relative_to(ROOT)),
             "quick": args.quick,
             "runs_dir": str(runs_dir),
+            "name": args.name,
         },
         "runs_planned": len(plan),
         "runs": [],

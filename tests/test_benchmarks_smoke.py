@@ -59,8 +59,8 @@ def test_fmnist_accuracy_quick(tmp_path):
 
     if not all(find_idx(FASHION_MNIST_ROOT, stem) for stem in FASHION_FILES.values()):
         pytest.skip(f"Fashion-MNIST IDX files not in {FASHION_MNIST_ROOT} (Debian: dataset-fashion-mnist)")
-    run_script("fmnist_accuracy.py", tmp_path, "--runs-dir", str(tmp_path / "runs"), "--jobs", "2")
-    data = json.loads((tmp_path / "fmnist_accuracy.json").read_text())
+    run_script("fmnist_accuracy.py", tmp_path, "--runs-dir", str(tmp_path / "runs"), "--jobs", "2", "--name", "fm")
+    data = json.loads((tmp_path / "fm.json").read_text())
     assert {"machine", "command", "settings", "runs", "summary", "findings"} <= set(data)
     assert data["complete"] is True and data["machine"]["torch_pruning"]
     assert data["settings"]["epochs"] == 1 and data["settings"]["seeds"] == [0]
@@ -76,7 +76,8 @@ def test_fmnist_accuracy_quick(tmp_path):
     per = data["summary"]["targets"]["0.5"]
     assert set(per) == set(strategies)
     assert all(v["n"] == 1 and v["delta_dense_mean"] is not None for v in per.values())
-    md = (tmp_path / "fmnist_accuracy.md").read_text()
+    md = (tmp_path / "fm.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["fm.json", "fm.md"]
     assert "| tp_bnscale |" in md and "## What we found" in md and "--quick" in md
 
 
