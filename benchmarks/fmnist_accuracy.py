@@ -4,6 +4,7 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fmnist_accuracy.py --quick      # 1 seed, 1 epoch, 2k samples, 50%
     .venv/bin/python benchmarks/fmnist_accuracy.py --epochs 15 --train-subset 20000 --seeds 3 --threads 2
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fmnist_accuracy.py --jobs 2     # two runs at a time
+    ... --strategies chex magnitude --variant chex_once=chex --param chex_once.explore=false   # an ablation
 
 Fashion-MNIST (the IDX files of Debian's dataset-fashion-mnist, /usr/share/datasets/fashion-mnist) and the
 CIFAR-style ResNet-20 on 1x28x28, with the recipe of configs/fashion_mnist_resnet20.yaml (SGD + Nesterov,
@@ -81,7 +82,7 @@ def run_config(args: argparse.Namespace, strategy: str, seed: int, target: float
         "data.limit_train": args.train_subset,  # None: the whole split
         "data.limit_test": args.test_subset,
         "data.root": args.data_root,
-        "prune.strategy": "none" if target is None else strategy,
+        "prune.strategy": "none" if target is None else args.variants.get(strategy, strategy),
         "run.out": str(runs_dir),
         "run.name": f"{name}-seed{seed}",
         "run.checkpoint_steps": 0,
@@ -90,7 +91,7 @@ def run_config(args: argparse.Namespace, strategy: str, seed: int, target: float
     }
     if target is not None:
         flags["prune.macs"] = round(1.0 - target, 6)
-    if strategy in TP_STRATEGIES:
+    if args.variants.get(strategy, strategy) in TP_STRATEGIES:
         flags["prune.params.input_size"] = 28
     for item in args.param or []:
         name, key, value = parse_param(item)
@@ -286,19 +287,28 @@ def write(out: Path, data: dict[str, Any]) -> None:
         "final model is slimmed and measured.",
         "",
         "Strategies: **chex** (its defaults: exploration every 2 epochs until 72% of training, regrow "
-        "fraction 0.3 decaying on a cosine, pruned channels ranked by their last BN scale; BN statistics "
-        "re-estimated before evaluating an epoch with an event), **magnitude** (L1 norm of the filters, uniform widths, pruned "
-        "once before training), **random** (uniform widths, random channels), **tp_magnitude** / "
-        "**tp_bnscale** (Torch-Pruning's `MetaPruner` with `MagnitudeImportance(p=2)` / `BNScaleImportance`, "
-        "local ranking, its progressive 400-step schedule stopped where the MACs target is met, choosing "
-        "once before training: see `benchmarks/tp_strategies.py`; at initialization every BN scale is 1, so "
-        "tp_bnscale's choice is Torch-Pruning's tie order). The MACs target is met within 1% by every "
-        "strategy (prunekit's bisection over the global sparsity); *MACs reduction* is measured on the slimmed "
-        "model. Delta = mean over seeds of (strategy - dense of the same seed), in points.",
+        "fraction 0.3 decaying on a cosine, pruned channels ranked by their last BN scale; BN statistics re-"
+        "estimated before evaluating an epoch with an event), **magnitude** (L1 norm of the filters, uniform "
+        "widths, pruned once before training), **random** (uniform widths, random channels), **tp_magnitude**"
+        " / **tp_bnscale** (Torch-Pruning's `MetaPruner` with `MagnitudeImportance(p=2)` / "
+        "`BNScaleImportance`, local ranking, its progressive 400-step schedule stopped where the MACs target "
+        "is met, choosing once before training: see `benchmarks/tp_strategies.py`; at initialization every BN"
+        " scale is 1, so tp_bnscale's choice is Torch-Pruning's tie order). The MACs target is met within 1% "
+        "by every strategy (prunekit's bisection over the global sparsity); *MACs reduction* is measured on "
+        "the slimmed model. Delta = mean over seeds of (strategy - dense of the same seed), in points.",
         "",
         *(
             [f"Strategy parameters set for this run (`--param`): {', '.join(f'`{p}`' for p in s['params'])}.", ""]
             if s.get("params")
+            else []
+        ),
+        *(
+            [
+                "Variants (`--variant`: a strategy run under another name with the parameters given for that "
+                "name): " + ", ".join(f"**{k}** = {v}" for k, v in s["variants"].items()) + ".",
+                "",
+            ]
+            if s.get("variants")
             else []
         ),
         f"Dense: top-1 **{_fmt(dense['top1_mean'])}** ± {_fmt(dense['top1_std'])} % "
@@ -363,6 +373,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--train-subset", type=int, default=None, help="train on the first N images (default 10000)")
     ap.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images (default all)")
     ap.add_argument("--strategies", nargs="+", default=None, help=f"default: {' '.join(STRATEGIES)}")
+    ap.add_argument(
+        "--variant", action="append", metavar="LABEL=STRATEGY",
+        help="also run STRATEGY under the name LABEL, with its own --param LABEL.KEY=VALUE (ablations), "
+        "e.g. --variant chex_once=chex --param chex_once.explore=false",
+    )  # fmt: skip
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per run (default 1)")
     ap.add_argument(
         "--jobs", type=int, default=1,
@@ -381,6 +396,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     args.strategies = args.strategies or list(STRATEGIES)
+    args.variants = {}
+    for item in args.variant or []:
+        label, sep, base = item.partition("=")
+        if not sep or not label or not base or label in args.strategies or label in args.variants:
+            ap.error(f"--variant {item!r}: expected a new LABEL=STRATEGY, e.g. chex_once=chex")
+        args.variants[label] = base
+    args.strategies += list(args.variants)
     if args.seeds < 1 or args.epochs < 1 or args.jobs < 1:
         ap.error("--seeds, --epochs and --jobs must be >= 1")
     if any(not 0.0 < t < 1.0 for t in args.targets):
@@ -399,7 +421,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"Fashion-MNIST IDX files not found in {args.data_root or FASHION_MNIST_ROOT}: install Debian's "
             "dataset-fashion-mnist package or pass --data-root /folder/with/the/four/files"
         )
-    _worker_init(args.threads, any(s in TP_STRATEGIES for s in args.strategies))
+    _worker_init(args.threads, any(args.variants.get(s, s) in TP_STRATEGIES for s in args.strategies))
+    known = set(pk.list_strategies())
+    unknown = sorted({args.variants.get(s, s) for s in args.strategies} - known)
+    if unknown:
+        sys.exit(f"unknown strategies {unknown}; registered: {', '.join(sorted(known))}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     runs_dir = Path(args.runs_dir) if args.runs_dir else ROOT / "runs" / f"{args.name}-{stamp}"
     seeds = list(range(args.seeds))
@@ -416,6 +442,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "seeds": seeds,
             "targets": args.targets,
             "strategies": args.strategies,
+            "variants": args.variants,
             "train_subset": args.train_subset,
             "params": args.param or [],
             "test_subset": args.test_subset,
@@ -464,7 +491,7 @@ def run_plan(args: argparse.Namespace, plan: list[tuple[int, str, float | None]]
         for seed, strategy, target in plan:
             yield one_run(args, strategy, seed, target, runs_dir)
         return
-    tp = any(s in TP_STRATEGIES for s in args.strategies)
+    tp = any(args.variants.get(s, s) in TP_STRATEGIES for s in args.strategies)
     ctx = multiprocessing.get_context("spawn")  # a fork after torch has started threads can deadlock
     with ProcessPoolExecutor(args.jobs, mp_context=ctx, initializer=_worker_init, initargs=(args.threads, tp)) as ex:
         futures = {ex.submit(one_run, args, strategy, seed, target, runs_dir): (seed, strategy, target)

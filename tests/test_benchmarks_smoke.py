@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,15 +60,21 @@ def test_fmnist_accuracy_quick(tmp_path):
 
     if not all(find_idx(FASHION_MNIST_ROOT, stem) for stem in FASHION_FILES.values()):
         pytest.skip(f"Fashion-MNIST IDX files not in {FASHION_MNIST_ROOT} (Debian: dataset-fashion-mnist)")
-    run_script("fmnist_accuracy.py", tmp_path, "--runs-dir", str(tmp_path / "runs"), "--jobs", "2", "--name", "fm")
+    run_script(
+        "fmnist_accuracy.py", tmp_path, "--runs-dir", str(tmp_path / "runs"), "--jobs", "2", "--name", "fm",
+        "--variant", "chex_once=chex", "--param", "chex_once.explore=false",
+    )  # fmt: skip
     data = json.loads((tmp_path / "fm.json").read_text())
     assert {"machine", "command", "settings", "runs", "summary", "findings"} <= set(data)
     assert data["complete"] is True and data["machine"]["torch_pruning"]
     assert data["settings"]["epochs"] == 1 and data["settings"]["seeds"] == [0]
     assert data["settings"]["train_subset"] == 2000 and data["settings"]["targets"] == [0.5]
     runs = data["runs"]
-    strategies = ["chex", "magnitude", "random", "tp_magnitude", "tp_bnscale"]
+    strategies = ["chex", "magnitude", "random", "tp_magnitude", "tp_bnscale", "chex_once"]
     assert [r["strategy"] for r in runs] == ["dense", *strategies]  # in plan order, though run two at a time
+    once = yaml.safe_load((tmp_path / "runs" / "chex_once-r50-seed0" / "config.yaml").read_text())
+    assert once["prune"]["strategy"] == "chex" and once["prune"]["params"] == {"explore": False}
+    assert runs[-1]["num_events"] == 1  # a variant runs its base strategy with its own parameters
     for r in runs:
         assert r["status"] == "ok", r
         assert 0 <= r["top1"] <= 100 and r["wall_s"] > 0
