@@ -371,7 +371,9 @@ class PruningController:
         new = self.graph.validate_keep(new)
         new = {g.id: new.get(g.id, torch.ones(g.size, dtype=torch.bool)) for g in self.graph.groups}
         apply_masks(self.model, self.graph, new)
-        back = self.mru.restore(self.model, old, new, write=self.strategy.regrow_init == "mru")
+        back = self.mru.restore(self.model, old, new)
+        if self.strategy.regrow_init == "zero":
+            self._zero_regrown_filters(old, new)
         self.keep = new
         self._rebuild()
         self.enforce()
@@ -382,6 +384,22 @@ class PruningController:
                 for v in st.values():
                     if isinstance(v, torch.Tensor) and v.shape == t.shape:
                         v.masked_fill_(mask.to(v.device), 0)
+
+    def _zero_regrown_filters(self, old: dict[str, torch.Tensor], new: dict[str, torch.Tensor]) -> None:
+        """``regrow_init = "zero"``: the filters (producer weights and biases) of channels that came back start
+        at zero. Their norm parameters and the consumers' input columns keep their MRU values: with those at
+        zero too, the channel would get no gradient at all (a zero filter under a zero BN scale, read by zero
+        columns, is a fixed point of training). Even so, a zero filter followed by BN and ReLU learns only
+        when its BN shift is positive (the ReLU passes no gradient at 0): see docs/strategies.md."""
+        for grp in self.graph.groups:
+            came = new[grp.id] & ~old.get(grp.id, torch.ones(grp.size, dtype=torch.bool))
+            if not bool(came.any()):
+                continue
+            for m in grp.members:
+                hit = came[m.channels]
+                if m.role in ("out", "dw") and bool(hit.any()):
+                    t = lookup_tensor(self.model, m.module, m.param)
+                    t.index_fill_(m.dim, m.positions[hit].to(t.device), 0)
 
     def _rebuild(self) -> None:
         params, pmasks, buffers, bmasks = [], [], [], []

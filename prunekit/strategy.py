@@ -605,13 +605,15 @@ class Strategy(ABC):
     2. ``prune(state, group, keep)`` for every prunable group;
     3. when ``regrow_fraction(state) = d > 0``: ``allocate`` again at sparsity S - d, and
        ``regrow(state, group, count)`` for the difference. Regrown channels come back with their MRU
-       values (``regrow_init = "mru"``) or zero, with zero optimizer state.
+       values (``regrow_init = "mru"``) or with zero filters (``"zero"``), with zero optimizer state.
     """
 
     params: ClassVar[dict[str, Param]] = {}
     description: ClassVar[str] = ""
     name: ClassVar[str] = ""  # set by the registry
-    regrow_init: str = "mru"  # "mru": regrown channels get their most recently used values; "zero": zeros
+    # "mru": regrown channels get their most recently used values; "zero": their filters start at zero (their
+    # norm parameters and the consumers' input columns still come back with MRU values, so they can learn)
+    regrow_init: str = "mru"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -172,7 +172,8 @@ class CHEX(Strategy):
             help="regrow probabilities: eps/sum(eps), or softmax(eps) as in the authors' code",
         ),
         "regrow_init": Param(
-            str, "mru", choices=("mru", "zero"), help="regrown channels start from their MRU values or zeros"
+            str, "mru", choices=("mru", "zero"),
+            help="regrown channels start from their MRU values, or with zero filters (BN and readers' columns MRU)",
         ),
         "pruned_gamma": Param(
             str, "mru", choices=("mru", "zero"),

@@ -134,6 +134,32 @@ def test_mru_restore_and_zero_optimizer_state_for_regrown_channels():
     assert bool((opt.state[model[3].weight]["momentum_buffer"][:, 2] == 0).all())
 
 
+def test_zero_regrow_init_zeroes_the_filter_but_the_channel_still_learns():
+    model = conv_net()
+    graph = conv_graph(model)
+    a = graph.groups[0].id  # conv0's 8 channels, read by conv3
+    first = graph.full_keep()
+    first[a] = torch.tensor([True, True, False, True, True, True, True, True])
+    with torch.no_grad():
+        model[1].bias[2] = 0.5  # a positive BN shift, as a channel pruned after some training may have
+    before = copy.deepcopy(model.state_dict())
+    strategy = Scripted(first, regrow_at_2={a: [2]})
+    strategy.regrow_init = "zero"
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    ctrl = PruningController(model, graph, strategy, pk.Budget(sparsity=0.5), 10, 1, seed=0)
+    ctrl.start(opt)
+    train_steps(model, ctrl, opt, 2)  # channel 2 comes back at step 2
+    assert bool(ctrl.keep[a][2])
+    assert bool((model[0].weight[2] == 0).all()) and float(model[0].bias.detach()[2]) == 0.0  # filter: zero
+    for name in ("1.weight", "1.bias", "1.running_var"):  # its BN: as it was when last active
+        assert torch.equal(model.state_dict()[name][2], before[name][2]), name
+    assert torch.equal(model[3].weight.detach()[:, 2], before["3.weight"][:, 2])  # its readers' columns too
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 8, 8)), torch.tensor([0, 1, 2, 0]))
+    opt.zero_grad()
+    loss.backward()
+    assert float(model[0].weight.grad[2].abs().sum()) > 0  # not a dead channel: it gets a gradient
+
+
 def test_mru_holds_trained_values_of_channels_pruned_mid_training():
     model, graph = linear_net(6, 4), linear_graph(6, 4)
 
