@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # cheapest first, so a broken set-up shows early
-SCRIPTS = ["graph_build.py", "overhead.py", "speedup.py", "chex_ablation.py", "zoo_coverage.py"]
+SCRIPTS = ["graph_build.py", "overhead.py", "speedup.py", "chex_event_cost.py", "chex_ablation.py", "zoo_coverage.py"]
 LONG = ["fmnist_accuracy.py"]
 
 

@@ -125,3 +125,19 @@ def test_chex_ablation_quick(tmp_path):
     assert events["chex explore=false"] == 1 and events["chex (defaults)"] > 1
     md = (tmp_path / "chex_ablation.md").read_text()
     assert "| chex (defaults) |" in md and "--quick" in md
+
+
+def test_chex_event_cost_quick(tmp_path):
+    run_script("chex_event_cost.py", tmp_path)
+    data = json.loads((tmp_path / "chex_event_cost.json").read_text())
+    rows = data["result"]["rows"]
+    assert data["result"]["status"] == "ok" and data["settings"]["params"] == {"delta_T": 0.5}
+    assert rows[0]["step"] == 0 and rows[0]["kind"] == "start" and len(rows) >= 3
+    for r in rows:
+        assert r["loss_after"] == pytest.approx(r["loss_before"] + r["change"])
+        assert r["loss_before"] > 0 and r["active_after"] <= r["channels"]
+    # channels out/in balance the active counts from one event to the next
+    for prev, r in zip(rows, rows[1:]):
+        assert prev["active_after"] - r["out"] + r["in"] == r["active_after"]
+    md = (tmp_path / "chex_event_cost.md").read_text()
+    assert "| loss before |" in md and "--quick" in md
