@@ -24,7 +24,8 @@ image and ~1.4 ms per test image per epoch, i.e. the defaults take ~5 h there; `
 Writes ``fmnist_accuracy.json`` (every run, per target x strategy summaries, machine, versions, command)
 and ``fmnist_accuracy.md`` (tables and a "what we found" section computed from the numbers) to ``--out``
 (default docs/results/; ``--name`` changes the file names), after every run, so an interrupted benchmark
-leaves its partial results.
+leaves its partial results; ``--resume`` reads them back and runs only what is missing or failed (the
+settings that decide a run's result must be the same, else it stops and says which differ).
 """
 
 from __future__ import annotations
@@ -352,6 +353,13 @@ def write(out: Path, data: dict[str, Any]) -> None:
         "```",
         "",
     ]
+    if data.get("resumed_from"):
+        r = data["resumed_from"]
+        lines += [
+            f"Resumed: {r['runs_kept']} run(s) kept from the earlier result file of this command (started "
+            f"{r['started']}: `{r['command']}`); the time above includes theirs.",
+            "",
+        ]
     (out / f"{stem}.md").write_text("\n".join(lines))
 
 
@@ -390,6 +398,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--verbose", action="store_true", help="the harness's per-epoch log lines")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results"), help="output folder")
     ap.add_argument("--name", default="fmnist_accuracy", help="output file names: NAME.md and NAME.json")
+    ap.add_argument(
+        "--resume", action="store_true",
+        help="keep the finished runs of an earlier NAME.json with the same settings and run only the others",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     defaults = QUICK if args.quick else {"seeds": 3, "epochs": 10, "train_subset": 10000, "targets": [0.5, 0.7]}
     for key, value in defaults.items():
@@ -457,24 +469,65 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "runs": [],
         "complete": False,
     }
-    t_start = time.perf_counter()
     out = Path(args.out)
     order = {(seed, strategy, target): i for i, (seed, strategy, target) in enumerate(plan)}
-    for n, row in enumerate(run_plan(args, plan, runs_dir), 1):
+    earlier_s = 0.0
+    if args.resume:
+        data["runs"], earlier_s, data["resumed_from"] = resumable_runs(out / f"{args.name}.json", data, order)
+        done = {(r["seed"], r["plan_strategy"], r["target_reduction"]) for r in data["runs"]}
+        plan = [p for p in plan if p not in done]
+        print(f"--resume: {len(done)} finished run(s) kept, {len(plan)} to run", flush=True)
+    t_start = time.perf_counter() - earlier_s
+    for n, row in enumerate(run_plan(args, plan, runs_dir), len(data["runs"]) + 1):
         data["runs"].append(row)
         data["runs"].sort(key=lambda r: order[(r["seed"], r["plan_strategy"], r["target_reduction"])])
         what = "dense" if row["target_reduction"] is None else f"{row['strategy']} @ {row['target_reduction'] * 100:g}%"
         res = f"top1 {row['top1']:.2f}%" if row.get("top1") is not None else f"FAILED: {row['error']}"
         red = f", MACs -{row['macs_reduction'] * 100:.1f}%" if row.get("macs_reduction") else ""
-        print(f"[{n}/{len(plan)}] seed {row['seed']} {what}: {res}{red}, {row['wall_s']:.0f}s", flush=True)
-        data["complete"] = n == len(plan)
+        print(f"[{n}/{data['runs_planned']}] seed {row['seed']} {what}: {res}{red}, {row['wall_s']:.0f}s", flush=True)
+        data["complete"] = n == data["runs_planned"]
         data["elapsed_s"] = time.perf_counter() - t_start
+        data["summary"] = summarize(data["runs"], args.targets, args.strategies)
+        data["findings"] = findings(data["summary"], args.strategies)
+        write(out, data)
+    if not plan:  # everything was already there: still rewrite the files with this command
+        data["complete"], data["elapsed_s"] = True, time.perf_counter() - t_start
         data["summary"] = summarize(data["runs"], args.targets, args.strategies)
         data["findings"] = findings(data["summary"], args.strategies)
         write(out, data)
     for line in data["findings"]:
         print(line)
     return data
+
+
+# Settings that change what a run computes; the others (seeds, targets, strategies, threads, jobs) only
+# change which runs there are or how fast they go.
+RESULT_SETTINGS = ("epochs", "train_subset", "test_subset", "params", "variants", "config", "quick", "device")
+
+
+def resumable_runs(path: Path, data: dict[str, Any], order: dict) -> tuple[list[dict], float, dict]:
+    """The finished rows of an earlier result file that belong to this plan, the time they took, and where they
+    came from. Settings that would make those rows a different experiment are an error, not a silent mix."""
+    if not path.exists():
+        sys.exit(f"--resume: {path} does not exist; run without --resume first (or check --name and --out)")
+    try:
+        old = json.loads(path.read_text())
+        old_settings = old["settings"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        sys.exit(f"--resume: {path} is not a result file of this benchmark ({type(e).__name__}: {e})")
+    new_settings = data["settings"]
+    differ = [k for k in RESULT_SETTINGS if old_settings.get(k) != new_settings.get(k)]
+    if differ:
+        detail = "; ".join(f"{k}: was {old_settings.get(k)!r}, now {new_settings.get(k)!r}" for k in differ)
+        sys.exit(f"--resume: {path} was made with other settings ({detail}); pass the same ones, or a new --name")
+    kept = [
+        r
+        for r in old.get("runs", [])
+        if r.get("status") == "ok" and (r["seed"], r["plan_strategy"], r["target_reduction"]) in order
+    ]
+    kept.sort(key=lambda r: order[(r["seed"], r["plan_strategy"], r["target_reduction"])])
+    info = {"started": old.get("started"), "command": old.get("command"), "runs_kept": len(kept)}
+    return kept, float(old.get("elapsed_s") or 0.0), info
 
 
 def _worker_init(threads: int, tp: bool) -> None:

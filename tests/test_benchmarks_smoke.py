@@ -12,12 +12,13 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_script(script: str, out: Path, *extra: str) -> None:
+def run_script(script: str, out: Path, *extra: str, rc: int = 0) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out", str(out), *extra],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == rc, f"{script} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
 
 
 def test_graph_build_quick(tmp_path):
@@ -86,6 +87,23 @@ def test_fmnist_accuracy_quick(tmp_path):
     md = (tmp_path / "fm.md").read_text()
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["fm.json", "fm.md"]
     assert "| tp_bnscale |" in md and "## What we found" in md and "--quick" in md
+
+    # --resume: an interrupted benchmark (one run missing, one failed) runs only those two again
+    extra = ["--runs-dir", str(tmp_path / "runs2"), "--name", "fm", "--variant", "chex_once=chex",
+             "--param", "chex_once.explore=false"]  # fmt: skip
+    cut = dict(data, complete=False, runs=[*runs[:-2], dict(runs[-2], status="failed", top1=None)])
+    (tmp_path / "fm.json").write_text(json.dumps(cut))
+    proc = run_script("fmnist_accuracy.py", tmp_path, *extra, "--resume")
+    assert "5 finished run(s) kept, 2 to run" in proc.stdout
+    assert sorted(p.name for p in (tmp_path / "runs2").iterdir()) == ["chex_once-r50-seed0", "tp_bnscale-r50-seed0"]
+    resumed = json.loads((tmp_path / "fm.json").read_text())
+    assert resumed["complete"] is True and [r["strategy"] for r in resumed["runs"]] == ["dense", *strategies]
+    assert resumed["runs"][:5] == runs[:5] and all(r["status"] == "ok" for r in resumed["runs"])
+    assert "Resumed: 5 run(s) kept" in (tmp_path / "fm.md").read_text()
+    # other settings would mix two experiments: refused, naming the setting, the file left as it was
+    proc = run_script("fmnist_accuracy.py", tmp_path, *extra, "--resume", "--epochs", "2", rc=1)
+    assert "epochs: was 1, now 2" in proc.stderr
+    assert json.loads((tmp_path / "fm.json").read_text()) == resumed
 
 
 def test_speedup_quick(tmp_path):
