@@ -8,7 +8,8 @@ Every variant trains the same model from the same initial weights and data order
 budget (kept within 1%), on the embedded digits data, so the whole table runs in minutes on 2 CPU cores.
 Variants switch off one part of CHEX at a time (docs/strategies.md has the parameters):
 ``explore=false`` (prune once to S before training: no exploration), ``regrow_by=none`` / ``random``,
-``allocation=uniform`` (no BN-scale re-allocation), ``delta_T`` smaller/larger, ``regrow_init=zero``.
+``allocation=uniform`` (no BN-scale re-allocation), ``delta_T`` smaller/larger, ``regrow_init=zero``,
+``pruned_gamma=zero`` (pruned channels ranked as gamma = 0: widths can only shrink).
 Writes ``chex_ablation.md`` and ``chex_ablation.json`` to ``--out`` (default docs/results/).
 """
 
@@ -38,6 +39,7 @@ VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("chex regrow_by=random", "chex", {"regrow_by": "random"}),
     ("chex allocation=uniform", "chex", {"allocation": "uniform"}),
     ("chex regrow_init=zero", "chex", {"regrow_init": "zero"}),
+    ("chex pruned_gamma=zero", "chex", {"pruned_gamma": "zero"}),
     ("magnitude", "magnitude", {}),
     ("random", "random", {}),
 ]

@@ -71,7 +71,6 @@ def fashion_mnist_root(root: str | None) -> str | None:
     return None
 
 
-
 def run_config(args: argparse.Namespace, strategy: str, seed: int, target: float | None, runs_dir: Path) -> Any:
     """The prunekit Config of one run (target: MACs reduction, None for dense)."""
     name = "dense" if target is None else f"{strategy}-r{round(target * 100)}"
