@@ -343,11 +343,11 @@ def test_softmax_option_and_random_regrow(monkeypatch):
 # -- through the controller ----------------------------------------------------------------------------
 
 
-def _run(params, sparsity=0.5, steps=10, seed=0, epochs=4):
+def _run(params, sparsity=0.5, steps=10, seed=0, epochs=4, strategy=CHEX):
     model = conv_net()
     graph = conv_graph(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    ctrl = PruningController(model, graph, CHEX(**params), pk.Budget(sparsity=sparsity), 3, epochs, seed=seed)
+    ctrl = PruningController(model, graph, strategy(**params), pk.Budget(sparsity=sparsity), 3, epochs, seed=seed)
     ctrl.start(opt)
     start_keep = {k: v.clone() for k, v in ctrl.keep.items()}
     train_steps(model, ctrl, opt, steps)
@@ -378,6 +378,21 @@ def test_ablations():
     assert len(ctrl.events) == 1 and ctrl.events[0]["kept_total"] == 16
     ctrl, graph, *_ = _run({"delta_T": 1, "T_max": 3, "allocation": "uniform"})
     assert ctrl.events[-1]["kept"] == {g.id: g.size // 2 for g in graph.groups}
+
+
+@pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.7])
+def test_without_exploration_chex_is_magnitude_pruning(sparsity):
+    """docs/strategies.md: explore=false prunes once by the L1 norm with uniform widths, i.e. magnitude's
+    defaults; a comparison's chex - magnitude difference is then what exploration does."""
+    from prunekit.strategies.magnitude import Magnitude
+
+    chex, *_, chex_model = _run({"explore": False}, sparsity=sparsity, steps=3)
+    mag, *_, mag_model = _run({}, sparsity=sparsity, steps=3, strategy=Magnitude)
+    assert chex.keep.keys() == mag.keep.keys()
+    assert all(torch.equal(chex.keep[k], mag.keep[k]) for k in chex.keep)
+    assert not any(m.all() for m in chex.keep.values())  # something was pruned
+    for a, b in zip(chex_model.state_dict().values(), mag_model.state_dict().values()):
+        assert torch.equal(a, b)  # and the training that follows is the same
 
 
 def test_same_seed_same_masks_and_regrown_values_are_mru():
