@@ -6,7 +6,8 @@
 
 Every key is checked: an unknown key or a value of the wrong type is a ConfigError that names the key,
 what was expected and (for a misspelt key) the closest valid one. ``prune.params`` is a free dict handed
-to the strategy's constructor; ``model.kwargs`` likewise to the model factory.
+to the strategy's constructor (the strategy checks it); ``prune.strategy_params`` holds other strategies'
+parameters by name, for ``compare``; ``model.kwargs`` is handed to the model factory.
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ class TrainConfig:
 class PruneConfig:
     strategy: str = "chex"  # any registered strategy (`prunekit list`), or "none" for dense training
     params: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the strategy
+    # keyword arguments of other strategies, by name: what `compare` gives each one it runs
+    strategy_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     sparsity: float | None = None  # fraction of prunable channels removed (default 0.5 when macs unset)
     macs: float | None = None  # fraction of the dense MACs to KEEP (e.g. 0.5); exclusive with sparsity
     round_to: int = 1
@@ -129,8 +132,25 @@ class Config:
             return {"macs": p.macs, "round_to": p.round_to}
         return {"sparsity": 0.5 if p.sparsity is None else p.sparsity, "round_to": p.round_to}
 
+    def strategy_kwargs(self, name: str | None = None) -> dict[str, Any]:
+        """The parameters strategy ``name`` (default: ``prune.strategy``) runs with: its entry of
+        ``prune.strategy_params``, then ``prune.params`` on top when it is ``prune.strategy``."""
+        p = self.prune
+        name = p.strategy if name is None else name
+        for key, value in p.strategy_params.items():
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"prune.strategy_params.{key} must be a mapping of that strategy's parameters, got {value!r}; "
+                    f"e.g. --set prune.strategy_params.{key}.<param>=<value>"
+                )
+        out = dict(p.strategy_params.get(name, {}))
+        if name == p.strategy:
+            out.update(p.params)
+        return out
+
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+FREE_DICTS = ("prune.params", "prune.strategy_params", "model.kwargs")  # keys inside are not checked here
 
 
 # ---------------------------------------------------------------------------------------- validation
@@ -210,7 +230,7 @@ def _unknown(key: str, valid: list[str], where: str) -> ConfigError:
 
 
 def all_keys() -> list[str]:
-    """Every dotted key of the config (``prune.params.*`` and ``model.kwargs.*`` are free)."""
+    """Every dotted key of the config (the keys inside ``FREE_DICTS`` are free)."""
     out = []
     for sec, cls in _section_classes().items():
         out += [f"{sec}.{f.name}" for f in dataclasses.fields(cls)]
@@ -277,7 +297,7 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in data.items():
         key = f"{prefix}{k}"
-        free = key in ("prune.params", "model.kwargs") or key.startswith(("prune.params.", "model.kwargs."))
+        free = key in FREE_DICTS or key.startswith(tuple(f"{k}." for k in FREE_DICTS))
         if isinstance(v, dict) and not free and key.count(".") < 1:
             out.update(_flatten(v, key + "."))
         else:

@@ -226,6 +226,24 @@ def lr_factor(step: int, cfg: Config, steps_per_epoch: int) -> float:
     return 1.0
 
 
+def check_strategies(cfg: Config, names: list[str]) -> None:
+    """Build each named strategy (and each of ``prune.strategy_params``) with the parameters the config gives
+    it, so that a misspelt name or parameter fails before any training, naming where it came from."""
+    from .registry import get_strategy
+
+    for name in cfg.prune.strategy_params:
+        if name in DENSE_NAMES:
+            raise ConfigError(f"prune.strategy_params.{name}: the dense run takes no parameters; remove it")
+        try:
+            get_strategy(name, **cfg.strategy_kwargs(name))
+        except (KeyError, ValueError, TypeError) as e:  # unknown strategy, bad parameter
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+            raise ConfigError(f"prune.strategy_params.{name}: {msg}") from e
+    for name in names:
+        if name not in DENSE_NAMES:
+            get_strategy(name, **cfg.strategy_kwargs(name))
+
+
 def make_controller(model: nn.Module, graph: Any, cfg: Config, steps_per_epoch: int) -> Any | None:
     """The PruningController for ``cfg.prune`` (None for dense training)."""
     if cfg.prune.strategy in DENSE_NAMES:
@@ -234,7 +252,7 @@ def make_controller(model: nn.Module, graph: Any, cfg: Config, steps_per_epoch: 
     from .registry import get_strategy
     from .strategy import Budget
 
-    strategy = get_strategy(cfg.prune.strategy, **cfg.prune.params)
+    strategy = get_strategy(cfg.prune.strategy, **cfg.strategy_kwargs())
     budget = Budget(**cfg.budget_kwargs())
     return PruningController(model, graph, strategy, budget, steps_per_epoch, cfg.train.epochs, seed=cfg.train.seed)
 
@@ -518,10 +536,7 @@ def run(config: Config | dict[str, Any] | str | None = None, resume: str | None 
     else:
         cfg = _resolve(config)
     cfg.budget_kwargs()
-    if cfg.prune.strategy not in DENSE_NAMES:  # a misspelt strategy or parameter fails before any work
-        from .registry import get_strategy
-
-        get_strategy(cfg.prune.strategy, **cfg.prune.params)
+    check_strategies(cfg, [cfg.prune.strategy])  # a misspelt strategy or parameter fails before any work
     env = make_env(cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -906,9 +921,17 @@ def compare(
         out_dir = box[0]
     out_dir = os.path.abspath(out_dir)
     names = (["none"] if dense and not any(s in DENSE_NAMES for s in strategies) else []) + list(strategies)
+    check_strategies(cfg, names)  # every name and parameter, before the first run trains
+    if cfg.prune.params and cfg.prune.strategy not in names and env.main:
+        print(
+            f"[prunekit] prune.params are {cfg.prune.strategy}'s, which this comparison does not run; they are "
+            "not used (give other strategies' parameters as prune.strategy_params.NAME.KEY)",
+            file=sys.stderr,
+        )
     results: list[RunResult] = []
     for name in names:
         sub = cfg.copy()
+        sub.prune.params = {} if name in DENSE_NAMES else cfg.strategy_kwargs(name)
         sub.prune.strategy = name
         sub.run.out = out_dir
         sub.run.name = "dense" if name in DENSE_NAMES else name.replace(":", "-").replace("/", "-")

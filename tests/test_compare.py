@@ -94,3 +94,49 @@ def test_all_failing_exits_nonzero(tmp_path):
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 1
     assert (tmp_path / "cmp2" / "comparison.json").exists()
+
+
+def _small(tmp_path, sets):
+    from prunekit.config import load_config
+
+    base = ["data.name=digits", "model.name=small_cnn", "train.epochs=1", "train.threads=1", "run.progress=off",
+            "run.latency_runs=2", f"run.out={tmp_path}", "run.name=cmp", "prune.strategy=chex"]  # fmt: skip
+    return load_config(sets=base + sets)
+
+
+def test_each_strategy_gets_its_own_parameters(tmp_path):
+    """prune.params are prune.strategy's; the others run with prune.strategy_params.NAME (or their defaults),
+    so a config written for CHEX compares against magnitude and random without failing them."""
+    import yaml
+
+    from prunekit.harness import compare
+
+    cfg = _small(tmp_path, ["prune.params.delta_0=0.2", "prune.strategy_params.magnitude.norm=l2"])
+    results, out = compare(cfg, ["chex", "magnitude", "random"], dense=True)
+    assert [r.status for r in results] == ["ok"] * 4, [r.error for r in results]
+
+    def params(name):
+        return yaml.safe_load((tmp_path / "cmp" / name / "config.yaml").read_text())["prune"]["params"]
+
+    assert params("chex") == {"delta_0": 0.2}
+    assert params("magnitude") == {"norm": "l2"}
+    assert params("random") == {} and params("dense") == {}
+
+
+def test_a_bad_strategy_parameter_fails_before_any_training(tmp_path):
+    import pytest
+
+    from prunekit.config import ConfigError
+    from prunekit.harness import compare
+
+    cases = [
+        (["prune.strategy_params.magnitud.norm=l2"], r"prune.strategy_params.magnitud: .*did you mean 'magnitude'"),
+        (["prune.strategy_params.magnitude.norm=l3"], r"prune.strategy_params.magnitude: .*norm"),
+        (["prune.strategy_params.dense.x=1"], r"dense run takes no parameters"),
+    ]
+    for sets, match in cases:
+        with pytest.raises(ConfigError, match=match):
+            compare(_small(tmp_path, sets), ["chex", "magnitude"], dense=True)
+    with pytest.raises(Exception, match="delta_00"):  # prune.params of the config's strategy, as before
+        compare(_small(tmp_path, ["prune.params.delta_00=0.2"]), ["chex", "random"])
+    assert not (tmp_path / "cmp").exists()  # nothing trained, nothing written

@@ -46,6 +46,19 @@ def test_set_parses_yaml_values_and_free_dicts():
     assert cfg.model.kwargs == {"width": 8}
 
 
+def test_strategy_params_by_name(tmp_path):
+    """prune.params belong to prune.strategy; prune.strategy_params give any strategy its own (compare)."""
+    path = write(tmp_path, {"prune": {"strategy": "chex", "strategy_params": {"chex": {"delta_T": 1, "delta_0": 0.1}}}})
+    cfg = load_config(path, sets=["prune.params.delta_0=0.2", "prune.strategy_params.magnitude.norm=l2"])
+    assert cfg.prune.strategy_params == {"chex": {"delta_T": 1, "delta_0": 0.1}, "magnitude": {"norm": "l2"}}
+    assert cfg.strategy_kwargs() == {"delta_T": 1, "delta_0": 0.2}  # prune.params win for prune.strategy
+    assert cfg.strategy_kwargs("magnitude") == {"norm": "l2"}
+    assert cfg.strategy_kwargs("random") == {}
+    cfg = load_config(sets=["prune.strategy_params.magnitude=l2"])
+    with pytest.raises(ConfigError, match=r"prune.strategy_params.magnitude must be a mapping.*--set prune"):
+        cfg.strategy_kwargs("random")
+
+
 def test_int_accepted_for_float_but_not_reverse():
     cfg = load_config(sets=["train.lr=1"])
     assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
