@@ -42,10 +42,10 @@ def build_graph(
     """
     model = unwrap(model)
     inputs = as_inputs(example_inputs)
-    gm = trace(model, tuple(leaf_modules))
-    values = record(gm, inputs)
+    traced = trace(model, tuple(leaf_modules))
+    values = record(traced, inputs)
     atoms = Atoms()
-    prop = Propagator(gm, values, atoms)
+    prop = Propagator(traced, values, atoms)
     prop.run()
     terms = []
     for t in prop.macs_terms:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .atoms import Ann, Atoms, ParamRef
+from .trace import Traced
 
 # -- op tables -------------------------------------------------------------------------------------------
 
@@ -89,11 +90,11 @@ class MacsTerm:
 class Propagator:
     """Walks the fx graph once, annotating tensors and coupling atoms."""
 
-    def __init__(self, gm: fx.GraphModule, values: dict[fx.Node, Any], atoms: Atoms):
-        self.gm = gm
+    def __init__(self, traced: Traced, values: dict[fx.Node, Any], atoms: Atoms):
+        self.graph = traced.graph
         self.values = values
         self.atoms = atoms
-        self.modules = dict(gm.named_modules())
+        self.modules = dict(traced.root.named_modules())
         self.env: dict[fx.Node, Any] = {}
         self.macs_terms: list[MacsTerm] = []
         self.unused_params: list[str] = []
@@ -133,7 +134,7 @@ class Propagator:
 
     # -- the pass --------------------------------------------------------------------------------------
     def run(self) -> None:
-        for node in self.gm.graph.nodes:
+        for node in self.graph.nodes:
             self.env[node] = self.visit(node)
 
     def visit(self, node: fx.Node) -> Any:

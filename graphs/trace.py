@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -55,7 +56,16 @@ def unwrap(model: Any) -> nn.Module:
     return model
 
 
-def trace(model: nn.Module, leaf_modules: Iterable[type | str] = ()) -> fx.GraphModule:
+@dataclass(frozen=True)
+class Traced:
+    """A traced model: the fx graph and the module it names (no ``fx.GraphModule``: the channel graph never
+    runs generated code, and building one costs as much as a third of the trace)."""
+
+    root: nn.Module
+    graph: fx.Graph
+
+
+def trace(model: nn.Module, leaf_modules: Iterable[type | str] = ()) -> Traced:
     """Trace ``model`` symbolically. ``leaf_modules``: module classes or qualified names kept opaque."""
     leaf_types = tuple(x for x in leaf_modules if isinstance(x, type))
     leaf_names = {x for x in leaf_modules if isinstance(x, str)}
@@ -79,7 +89,7 @@ def trace(model: nn.Module, leaf_modules: Iterable[type | str] = ()) -> fx.Graph
             f"with build_graph(..., leaf_modules=[{where[1]}]) or leaf_modules=['{name}']; its channels are "
             f"then frozen at its boundary."
         ) from e
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+    return Traced(tracer.root, graph)
 
 
 def _user_frame(e: BaseException) -> str:
@@ -96,8 +106,8 @@ class _Recorder(fx.Interpreter):
     the 'meta' device, everything else as is. With ``meta=True`` the whole run happens on the meta device
     (parameters swapped for meta copies), so no arithmetic is done."""
 
-    def __init__(self, gm: fx.GraphModule, meta: bool = False):
-        super().__init__(gm, garbage_collect_values=True)
+    def __init__(self, traced: Traced, meta: bool = False):
+        super().__init__(traced.root, garbage_collect_values=True, graph=traced.graph)
         self.values: dict[fx.Node, Any] = {}
         self.meta = meta
 
@@ -159,22 +169,22 @@ def _to_meta(v: Any) -> Any:
     return v
 
 
-def record(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> dict[fx.Node, Any]:
+def record(traced: Traced, example_inputs: tuple[Any, ...]) -> dict[fx.Node, Any]:
     """Each node's value on ``example_inputs`` (tensors as meta tensors). Runs without grad, with every
     module in eval mode (restored afterwards) so BatchNorm statistics are not touched. Shapes are
     computed on the meta device (no arithmetic, so fast at any input size); a model that needs real
     values (data-dependent shapes) or an op without a meta kernel is run for real instead."""
-    modes = {m: m.training for m in gm.modules()}
+    modes = {m: m.training for m in traced.root.modules()}
     try:
-        gm.eval()
+        traced.root.eval()
         with torch.no_grad():
             try:
-                rec = _Recorder(gm, meta=True)
+                rec = _Recorder(traced, meta=True)
                 rec.run(*_to_meta(tuple(example_inputs)))
                 return rec.values
             except GraphBuildError:
                 pass  # an op without a meta kernel, or data-dependent: run it for real (and report that error)
-            rec = _Recorder(gm)
+            rec = _Recorder(traced)
             rec.run(*example_inputs)
             return rec.values
     finally:
