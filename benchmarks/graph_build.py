@@ -6,7 +6,8 @@
 
 Both builders run in the same process on the same model object and the same input (batch 1), one warm-up
 run each, then interleaved (ours, TP, ours, TP, ...) so background load hits both alike. Writes
-``graph_build.md`` (table) and ``graph_build.json`` to ``--out`` (default docs/results/).
+``graph_build.md`` (table) and ``graph_build.json`` to ``--out`` (default docs/results/; ``--name`` changes
+the file names, e.g. ``--size 512 --name graph_build_512``).
 Target: ours at most half of Torch-Pruning's time (ratio = ours / TP <= 0.5).
 """
 
@@ -71,9 +72,9 @@ def bench(name: str, size: int, runs: int) -> dict:
             "ours_median_s": mo, "tp_median_s": mt, "ratio": mo / mt}  # fmt: skip
 
 
-def write(out: Path, rows: list[dict], info: dict, command: str) -> None:
+def write(out: Path, rows: list[dict], info: dict, command: str, name: str = "graph_build") -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "graph_build.json").write_text(json.dumps({"machine": info, "command": command, "results": rows}, indent=1))
+    (out / f"{name}.json").write_text(json.dumps({"machine": info, "command": command, "results": rows}, indent=1))
     lines = [
         "# Graph build time: prunekit vs Torch-Pruning",
         "",
@@ -108,7 +109,7 @@ def write(out: Path, rows: list[dict], info: dict, command: str) -> None:
         "```",
         "",
     ]
-    (out / "graph_build.md").write_text("\n".join(lines))
+    (out / f"{name}.md").write_text("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--size", type=int, default=None, help="input height/width (default 224; --quick: 64)")
     ap.add_argument("--quick", action="store_true", help="2 small models at 64x64, 2 runs")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results"), help="output folder")
+    ap.add_argument("--name", default="graph_build", help="output file names: NAME.md and NAME.json")
     args = ap.parse_args(argv)
     models = args.models or (QUICK_MODELS if args.quick else MODELS)
     runs = args.runs or (2 if args.quick else 5)
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"{name:18s} ours {r['ours_median_s']:.3f}s  TP {r['tp_median_s']:.3f}s  ratio {r['ratio']:.2f}",
               flush=True)  # fmt: skip
         rows.append(r)
-    write(Path(args.out), rows, info, command.strip())
+    write(Path(args.out), rows, info, command.strip(), args.name)
     return rows
 
 
