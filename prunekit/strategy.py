@@ -347,10 +347,10 @@ class MRUStore:
 
     @torch.no_grad()
     def restore(
-        self, model: nn.Module, old: dict[str, torch.Tensor], new: dict[str, torch.Tensor], write: bool = True
+        self, model: nn.Module, old: dict[str, torch.Tensor], new: dict[str, torch.Tensor]
     ) -> dict[tuple[str, str], torch.Tensor]:
-        """The elements live under ``new`` but not under ``old``, {(module, param): bool mask of the tensor's
-        shape}; with ``write`` their MRU values are written back into the model."""
+        """Write the MRU values of the elements live under ``new`` but not under ``old`` back into the model;
+        returns those elements, {(module, param): bool mask of the tensor's shape}."""
         dm_old, dm_new = self.dim_masks(old), self.dim_masks(new)
         out = {}
         for key, dm in dm_new.items():
@@ -362,8 +362,7 @@ class MRUStore:
             back = (now & ~was).expand(t.shape)
             if bool(back.any()):
                 out[key] = back
-                if write:
-                    t.copy_(torch.where(back, self.values[key].to(t.device, t.dtype), t))
+                t.copy_(torch.where(back, self.values[key].to(t.device, t.dtype), t))
         return out
 
     def state_dict(self) -> dict[str, torch.Tensor]:
