@@ -62,3 +62,8 @@ def command_line(script: str, argv: list[str] | None = None) -> str:
     args = sys.argv[1:] if argv is None else argv
     env = [f"OMP_NUM_THREADS={omp}"] if omp else []
     return " ".join([*env, ".venv/bin/python", f"benchmarks/{script}", *map(shlex.quote, args)])
+
+
+def command_block(command: str) -> list[str]:
+    """The closing lines of a result page: the command that produced it, as a code block."""
+    return ["Command:", "", "```", command, "```", ""]

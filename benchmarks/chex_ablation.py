@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_common import command_line, machine_info
+from bench_common import command_block, command_line, machine_info
 
 import prunekit as pk
 from prunekit.config import load_config
@@ -104,7 +104,7 @@ def write(out: Path, data: dict) -> None:
                   "twice that are not evidence of anything on this data."]  # fmt: skip
     lines += ["", f"Machine: {mc['cpu']}, {mc['cores']} cores ({mc['torch_threads']} torch thread(s)); torch "
               f"{mc['torch']}, prunekit {mc['prunekit']}. Total {data['total_s']:.0f} s.", "",
-              "Command:", "", "```", data["command"], "```", ""]  # fmt: skip
+              *command_block(data["command"])]  # fmt: skip
     (out / "chex_ablation.md").write_text("\n".join(lines))
 
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from bench_common import command_line, machine_info  # noqa: E402
+from bench_common import command_block, command_line, machine_info  # noqa: E402
 from torch import nn  # noqa: E402
 
 import prunekit as pk  # noqa: E402
@@ -143,12 +143,7 @@ def write(out: Path, data: dict[str, Any]) -> None:
         f"Machine: {mc['cpu']}, {mc['cores']} cores, {mc['torch_threads']} torch thread(s); torch {mc['torch']}, "
         f"prunekit {mc['prunekit']}. {data['total_s']:.0f} s.",
         "",
-        "Command:",
-        "",
-        "```",
-        data["command"],
-        "```",
-        "",
+        *command_block(data["command"]),
     ]
     (out / "chex_event_cost.md").write_text("\n".join(lines))
 

@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from bench_common import command_line, machine_info  # noqa: E402
+from bench_common import command_block, command_line, machine_info  # noqa: E402
 
 import prunekit as pk  # noqa: E402
 from prunekit.config import load_config  # noqa: E402
@@ -345,12 +345,7 @@ def write(out: Path, data: dict[str, Any]) -> None:
         f"{data['elapsed_s'] / 60:.1f} min so far. Wall time per run includes data loading, evaluation "
         "every epoch, slimming and a latency measurement.",
         "",
-        "Command:",
-        "",
-        "```",
-        data["command"],
-        "```",
-        "",
+        *command_block(data["command"]),
     ]
     if data.get("resumed_from"):
         r = data["resumed_from"]

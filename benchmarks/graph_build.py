@@ -28,7 +28,7 @@ import torchvision
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_common import command_line, machine_info  # noqa: E402
+from bench_common import command_block, command_line, machine_info  # noqa: E402
 
 import prunekit as pk  # noqa: E402
 
@@ -102,12 +102,7 @@ def write(out: Path, rows: list[dict], info: dict, command: str, name: str = "gr
         f"torch-pruning {info['torch_pruning']}. Timings on a shared machine are noisy; the ratio is the figure "
         "to read, since both builders see the same load.",
         "",
-        "Command:",
-        "",
-        "```",
-        command,
-        "```",
-        "",
+        *command_block(command),
     ]
     (out / f"{name}.md").write_text("\n".join(lines))
 

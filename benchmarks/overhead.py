@@ -34,7 +34,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_common import command_line, machine_info  # noqa: E402
+from bench_common import command_block, command_line, machine_info  # noqa: E402
 
 import prunekit as pk  # noqa: E402
 from prunekit.controller import PruningController  # noqa: E402
@@ -192,12 +192,7 @@ def write_markdown(path: Path, data: dict) -> None:
         "the same convolutions as the dense one (pruned channels are zeros until the model is slimmed); its "
         "overhead is the zeroing of pruned weights, gradients and momentum.",
         "",
-        "Command:",
-        "",
-        "```",
-        data["command"],
-        "```",
-        "",
+        *command_block(data["command"]),
     ]
     path.write_text("\n".join(lines))
 

@@ -2,9 +2,9 @@
 
 The default set took 52 minutes on 2 CPU cores (zoo_coverage 26, chex_ablation 16). The accuracy benchmark on
 Fashion-MNIST (33 training runs, about an hour more there, two at a time) runs only with `--only
-fmnist_accuracy.py` or `make bench-accuracy`, which uses the settings of the published results. `--quick` passes each script's own quick mode (what the CI smoke
-tests use). A script that fails is reported and the others still run; the exit status says whether all
-passed."""
+fmnist_accuracy.py` or `make bench-accuracy`, which uses the settings of the published results. `--quick`
+passes each script's own quick mode (what the CI smoke tests use). A script that fails is reported and the
+others still run; the exit status says whether all passed."""
 
 from __future__ import annotations
 

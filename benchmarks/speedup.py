@@ -39,7 +39,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_common import command_line, load_avg, machine_info  # noqa: E402
+from bench_common import command_block, command_line, load_avg, machine_info  # noqa: E402
 
 import prunekit as pk  # noqa: E402
 from prunekit.controller import MACS_TOLERANCE, PruningController  # noqa: E402
@@ -268,12 +268,7 @@ def write(out: Path, rows: list[dict], info: dict, settings: dict, command: str,
         ]
     lines += [
         "",
-        "Command:",
-        "",
-        "```",
-        command,
-        "```",
-        "",
+        *command_block(command),
     ]
     (out / "speedup.md").write_text("\n".join(lines))
 
