@@ -472,6 +472,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         plan = [p for p in plan if p not in done]
         print(f"--resume: {len(done)} finished run(s) kept, {len(plan)} to run", flush=True)
     t_start = time.perf_counter() - earlier_s
+
+    def save() -> None:  # after every run, so an interrupted benchmark leaves its partial results
+        data["complete"] = len(data["runs"]) == data["runs_planned"]
+        data["elapsed_s"] = time.perf_counter() - t_start
+        data["summary"] = summarize(data["runs"], args.targets, args.strategies)
+        data["findings"] = findings(data["summary"], args.strategies)
+        write(out, data)
+
     for n, row in enumerate(run_plan(args, plan, runs_dir), len(data["runs"]) + 1):
         data["runs"].append(row)
         data["runs"].sort(key=lambda r: order[(r["seed"], r["plan_strategy"], r["target_reduction"])])
@@ -479,16 +487,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         res = f"top1 {row['top1']:.2f}%" if row.get("top1") is not None else f"FAILED: {row['error']}"
         red = f", MACs -{row['macs_reduction'] * 100:.1f}%" if row.get("macs_reduction") else ""
         print(f"[{n}/{data['runs_planned']}] seed {row['seed']} {what}: {res}{red}, {row['wall_s']:.0f}s", flush=True)
-        data["complete"] = n == data["runs_planned"]
-        data["elapsed_s"] = time.perf_counter() - t_start
-        data["summary"] = summarize(data["runs"], args.targets, args.strategies)
-        data["findings"] = findings(data["summary"], args.strategies)
-        write(out, data)
+        save()
     if not plan:  # everything was already there: still rewrite the files with this command
-        data["complete"], data["elapsed_s"] = True, time.perf_counter() - t_start
-        data["summary"] = summarize(data["runs"], args.targets, args.strategies)
-        data["findings"] = findings(data["summary"], args.strategies)
-        write(out, data)
+        save()
     for line in data["findings"]:
         print(line)
     return data
