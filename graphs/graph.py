@@ -131,10 +131,10 @@ class ChannelGraph:
         self.nx_graph = nx.Graph()
         for grp in groups + frozen:
             self.nx_graph.add_node(grp.id, kind="group", group=grp, size=grp.size, frozen=grp.frozen)
-            for m in grp.members:
-                node = f"module:{m.module}"
-                self.nx_graph.add_node(node, kind="module")
-                self.nx_graph.add_edge(grp.id, node)
+            # a module holds several members of a group (weight, bias, running stats): one node, one edge
+            mods = dict.fromkeys(f"module:{m.module}" for m in grp.members)
+            self.nx_graph.add_nodes_from(mods, kind="module")
+            self.nx_graph.add_edges_from((grp.id, node) for node in mods)
 
     def __getitem__(self, group_id: str) -> ChannelGroup:
         try:

@@ -4,6 +4,7 @@ path freezes the channels involved, with the node and op as the reason; nothing 
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass
 from typing import Any
@@ -94,7 +95,7 @@ class Propagator:
         self.graph = traced.graph
         self.values = values
         self.atoms = atoms
-        self.modules = dict(traced.root.named_modules())
+        self.modules = traced.modules
         self.env: dict[fx.Node, Any] = {}
         self.macs_terms: list[MacsTerm] = []
         self.unused_params: list[str] = []
@@ -217,9 +218,9 @@ class Propagator:
         role = "dw" if g > 1 and g == cin == m.out_channels and ok_in else "out"
         w_out = A.param(name, "weight", 0, m.out_channels, role)
         if m.bias is not None:
-            A.union(A.param(name, "bias", 0, m.out_channels, role), w_out)
-        kvol = m.weight[0, 0].numel()
-        spatial = out[0, 0].numel()
+            A.alias(name, "bias", 0, role, of=(name, "weight", 0))
+        kvol = math.prod(m.weight.shape[2:])
+        spatial = math.prod(out.shape[2:])
         if g == 1:
             w_in = A.param(name, "weight", 1, cin, "in")
             if ok_in:
@@ -251,7 +252,7 @@ class Propagator:
         A = self.atoms
         w_out = A.param(name, "weight", 0, m.out_features, "out")
         if m.bias is not None:
-            A.union(A.param(name, "bias", 0, m.out_features, "out"), w_out)
+            A.alias(name, "bias", 0, "out", of=(name, "weight", 0))
         w_in = A.param(name, "weight", 1, m.in_features, "in")
         if isinstance(x, Ann) and x.dim == out.dim() - 1 and x.size == m.in_features:
             A.union(w_in, x.atoms)
@@ -265,10 +266,15 @@ class Propagator:
     def channel_norm(self, node, name: str, m: nn.Module, x: Any, c: int, role: str = "norm") -> Any:
         if not (isinstance(x, Ann) and x.dim == 1 and x.size == c):
             return self.unknown(node, f"{type(m).__name__} {name} reads a tensor whose channel dim is not dim 1")
+        first = None
         for p in ("weight", "bias", "running_mean", "running_var"):
             t = getattr(m, p, None)
             if isinstance(t, torch.Tensor) and t.dim() == 1 and len(t) == c:
-                self.atoms.union(self.atoms.param(name, p, 0, c, role), x.atoms)
+                if first is None:
+                    first = (name, p, 0)
+                    self.atoms.union(self.atoms.param(name, p, 0, c, role), x.atoms)
+                else:
+                    self.atoms.alias(name, p, 0, role, of=first)
         return x
 
     def layer_norm(self, node, name: str, m: nn.LayerNorm, x: Any, out: torch.Tensor) -> Any:
@@ -401,8 +407,13 @@ class Propagator:
                     parts.append(a.atoms)
                 else:
                     n = self.values[t].shape[dim]
-                    parts.append(self.atoms.fresh(n, f"{node.name} part", frozen=f"{node.name}: concatenated "
-                                                  "with a tensor of unknown channel origin"))
+                    parts.append(
+                        self.atoms.fresh(
+                            n,
+                            f"{node.name} part",
+                            frozen=f"{node.name}: concatenated with a tensor of unknown channel origin",
+                        )
+                    )
             return Ann(dim, torch.cat(parts))
         if any(not isinstance(a, Ann) for a in anns):
             return self.unknown(node, "concatenation with a tensor of unknown channel origin")
@@ -485,6 +496,12 @@ class Propagator:
             ann = self.read_labels(node, x, res)
             if ann is not None and ann.spread is not None and x.spread is None:
                 return self.couple_split(node, ann)
+            sizes = _view_sizes(node)
+            if ann is not None and ann.spread is None and sizes is not None and len(sizes) == res.dim():
+                n = sizes[ann.dim]
+                if isinstance(n, int) and n > 0:  # a literal size stays when the channels shrink
+                    why = f"{self.describe(node)} reshapes the channels into a fixed size ({n})"
+                    return self.unknown(node, why + ": slimming would break it")
             return ann
         if isinstance(res, (list, tuple)):
             return tuple(self.read_labels(node, x, r) if isinstance(r, torch.Tensor) else None for r in res)

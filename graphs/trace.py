@@ -13,6 +13,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from . import shapes
+
 
 class GraphBuildError(RuntimeError):
     """The channel graph cannot be built for this model or these inputs."""
@@ -31,17 +33,39 @@ class _Tracer(fx.Tracer):
             return True
         return super().is_leaf_module(m, qualname)
 
+    # fx's own call_module also keeps a module stack, copied into every node's meta; the channel graph
+    # does not read it, and skipping it takes about a third off the trace
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
         qualname = self.path_of_module(m)
         self.pk_stack.append((qualname, type(m).__name__))
         try:
-            return super().call_module(m, forward, args, kwargs)
+            if self.is_leaf_module(m, qualname):
+                return self.create_proxy("call_module", qualname, args, kwargs)
+            return forward(*args, **kwargs)
         except Exception:
             if self.failed_in is None:  # the innermost module is where tracing broke
                 self.failed_in = self.pk_stack[-1]
             raise
         finally:
             self.pk_stack.pop()
+
+    def create_arg(self, a: Any) -> Any:
+        # the common argument types first: fx's generic version tests a dozen cases for each
+        t = type(a)
+        if t is fx.Proxy:
+            return a.node
+        if t in _PLAIN:
+            return a
+        if t is tuple:
+            return tuple([self.create_arg(x) for x in a])
+        if t is list:
+            return [self.create_arg(x) for x in a]
+        if t is dict and all(type(k) is str for k in a):
+            return {k: self.create_arg(v) for k, v in a.items()}
+        return super().create_arg(a)
+
+
+_PLAIN = {int, float, bool, str, type(None)}
 
 
 def unwrap(model: Any) -> nn.Module:
@@ -63,6 +87,7 @@ class Traced:
 
     root: nn.Module
     graph: fx.Graph
+    modules: dict[str, nn.Module]  # qualified name -> submodule, as root.named_modules() gives them
 
 
 def trace(model: nn.Module, leaf_modules: Iterable[type | str] = ()) -> Traced:
@@ -72,7 +97,8 @@ def trace(model: nn.Module, leaf_modules: Iterable[type | str] = ()) -> Traced:
     bad = [x for x in leaf_modules if not isinstance(x, (type, str))]
     if bad:
         raise TypeError(f"leaf_modules takes module classes or qualified names, got {bad!r}")
-    unknown = sorted(n for n in leaf_names if n not in dict(model.named_modules()))
+    modules = dict(model.named_modules())
+    unknown = sorted(n for n in leaf_names if n not in modules)
     if unknown:
         raise GraphBuildError(f"leaf_modules names {unknown} that are not submodules of the model")
     tracer = _Tracer(leaf_types, leaf_names)
@@ -89,7 +115,7 @@ def trace(model: nn.Module, leaf_modules: Iterable[type | str] = ()) -> Traced:
             f"with build_graph(..., leaf_modules=[{where[1]}]) or leaf_modules=['{name}']; its channels are "
             f"then frozen at its boundary."
         ) from e
-    return Traced(tracer.root, graph)
+    return Traced(tracer.root, graph, modules)
 
 
 def _user_frame(e: BaseException) -> str:
@@ -102,64 +128,105 @@ def _user_frame(e: BaseException) -> str:
 
 
 class _Recorder(fx.Interpreter):
-    """Runs the traced graph once and keeps each node's value: tensors as (shape, dtype) meta-tensors on
-    the 'meta' device, everything else as is. With ``meta=True`` the whole run happens on the meta device
-    (parameters swapped for meta copies), so no arithmetic is done."""
+    """Runs the traced graph once for real and keeps each node's value (tensors as meta tensors). Used only
+    when the meta-device run (``_MetaRunner``) fails: data-dependent shapes, an op without a meta kernel,
+    or inputs that do not fit (the real run then gives the error)."""
 
-    def __init__(self, traced: Traced, meta: bool = False):
+    def __init__(self, traced: Traced):
         super().__init__(traced.root, garbage_collect_values=True, graph=traced.graph)
         self.values: dict[fx.Node, Any] = {}
-        self.meta = meta
-
-    def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
-        if not self.meta:
-            return super().call_module(target, args, kwargs)
-        mod = self.fetch_attr(target)
-        if type(mod) in _SAME_SHAPE and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
-            # meta kernels of these run through Python decompositions (~1 ms each); the shape is the input's
-            x = args[0]
-            if isinstance(mod, nn.modules.batchnorm._BatchNorm) and (x.dim() < 2 or x.shape[1] != mod.num_features):
-                raise RuntimeError(f"{type(mod).__name__}({mod.num_features}) got an input of shape {tuple(x.shape)}")
-            return x
-        if type(mod) is nn.LayerNorm and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
-            x, ns = args[0], tuple(mod.normalized_shape)
-            if tuple(x.shape[x.dim() - len(ns) :]) != ns:
-                raise RuntimeError(f"LayerNorm({ns}) got an input of shape {tuple(x.shape)}")
-            return x
-        state = {k: _to_meta(v) for k, v in [*mod.named_parameters(), *mod.named_buffers()]}
-        return torch.func.functional_call(mod, state, tuple(args), dict(kwargs))
-
-    def get_attr(self, target: Any, args: Any, kwargs: Any) -> Any:
-        v = super().get_attr(target, args, kwargs)
-        return _to_meta(v) if self.meta else v
 
     def run_node(self, n: fx.Node) -> Any:
         try:
             out = super().run_node(n)
         except Exception as e:
-            where = f"module {n.target!r}" if n.op == "call_module" else f"{n.op} {n.target}"
-            raise GraphBuildError(
-                f"running the model on example_inputs failed at node {n.name!r} ({where}): "
-                f"{type(e).__name__}: {str(e).splitlines()[0]}\n"
-                f"Check that example_inputs have the shape and dtype the model "
-                f"expects (for images: a batch [N, C, H, W] with the model's C and a large enough H, W)."
-            ) from e
+            raise _node_error(n, e) from e
         self.values[n] = _to_meta(out)
         return out
 
 
-# modules whose output has the input's shape and dtype (eval mode)
-_SAME_SHAPE = {
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.Identity,
-    nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh,
-    nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.Softplus,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-}  # fmt: skip
+def _node_error(n: fx.Node, e: Exception) -> GraphBuildError:
+    where = f"module {n.target!r}" if n.op == "call_module" else f"{n.op} {n.target}"
+    return GraphBuildError(
+        f"running the model on example_inputs failed at node {n.name!r} ({where}): "
+        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n"
+        f"Check that example_inputs have the shape and dtype the model "
+        f"expects (for images: a batch [N, C, H, W] with the model's C and a large enough H, W)."
+    )
+
+
+class _MetaRunner:
+    """Runs the traced graph on the meta device: every tensor is a (shape, dtype) meta tensor, parameters
+    included, so no arithmetic is done. The common CNN ops get their output shape from a formula
+    (``shapes.py``); PyTorch's own meta kernels, several of them Python decompositions costing ~0.5 ms a
+    call, run the rest."""
+
+    def __init__(self, traced: Traced):
+        self.root = traced.root
+        self.graph = traced.graph
+        self.modules = traced.modules
+        self.values: dict[fx.Node, Any] = {}
+
+    def run(self, inputs: tuple[Any, ...]) -> dict[fx.Node, Any]:
+        values = self.values
+        pending = list(inputs)
+        for n in self.graph.nodes:
+            try:
+                if n.op == "placeholder":
+                    out = self._placeholder(n, pending)
+                elif n.op == "get_attr":
+                    out = _to_meta(self._attr(n.target))
+                else:
+                    args, kwargs = fx.node.map_arg((n.args, n.kwargs), values.__getitem__)
+                    if n.op == "output":
+                        out = args[0]
+                    elif n.op == "call_module":
+                        out = self._module(self.modules[n.target], args, kwargs)
+                    elif n.op == "call_function":
+                        out = shapes.function(n.target, args, kwargs)
+                        if out is NotImplemented:
+                            out = _to_meta(n.target(*args, **kwargs))
+                    else:  # call_method
+                        if n.target.endswith("_") and isinstance(args[0], torch.Tensor):
+                            # in place: keep the recorded value of the node it mutates
+                            args = (torch.empty_like(args[0]), *args[1:])
+                        out = _to_meta(getattr(args[0], n.target)(*args[1:], **kwargs))
+            except GraphBuildError:
+                raise
+            except Exception as e:
+                raise _node_error(n, e) from e
+            values[n] = out
+        return values
+
+    @staticmethod
+    def _placeholder(n: fx.Node, pending: list[Any]) -> Any:
+        if n.target.startswith("*"):
+            rest = list(pending)
+            pending.clear()
+            return rest
+        if pending:
+            return pending.pop(0)
+        if n.args:  # a default value
+            return n.args[0]
+        raise RuntimeError(f"the model takes an input {n.target!r} that example_inputs does not give")
+
+    def _attr(self, target: str) -> Any:
+        obj = self.root
+        for atom in target.split("."):
+            obj = getattr(obj, atom)
+        return obj
+
+    def _module(self, mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        out = shapes.module(mod, args, kwargs)
+        if out is not NotImplemented:
+            return out
+        state = {k: _to_meta(v) for k, v in [*mod.named_parameters(), *mod.named_buffers()]}
+        return _to_meta(torch.func.functional_call(mod, state, tuple(args), dict(kwargs)))
 
 
 def _to_meta(v: Any) -> Any:
     if isinstance(v, torch.Tensor):
-        return torch.empty(v.shape, dtype=v.dtype, device="meta")
+        return v if v.device.type == "meta" else torch.empty(v.shape, dtype=v.dtype, device="meta")
     if isinstance(v, (list, tuple)) and not hasattr(v, "_fields"):
         return type(v)(_to_meta(x) for x in v)
     if isinstance(v, tuple):  # namedtuple
@@ -174,19 +241,18 @@ def record(traced: Traced, example_inputs: tuple[Any, ...]) -> dict[fx.Node, Any
     module in eval mode (restored afterwards) so BatchNorm statistics are not touched. Shapes are
     computed on the meta device (no arithmetic, so fast at any input size); a model that needs real
     values (data-dependent shapes) or an op without a meta kernel is run for real instead."""
-    modes = {m: m.training for m in traced.root.modules()}
+    training = [m for m in traced.modules.values() if m.training]
     try:
-        traced.root.eval()
+        for m in training:  # the modules in train mode only (Module.__setattr__ is slow)
+            m.training = False
         with torch.no_grad():
             try:
-                rec = _Recorder(traced, meta=True)
-                rec.run(*_to_meta(tuple(example_inputs)))
-                return rec.values
+                return _MetaRunner(traced).run(_to_meta(tuple(example_inputs)))
             except GraphBuildError:
                 pass  # an op without a meta kernel, or data-dependent: run it for real (and report that error)
             rec = _Recorder(traced)
             rec.run(*example_inputs)
             return rec.values
     finally:
-        for m, t in modes.items():
-            m.training = t
+        for m in training:
+            m.training = True

@@ -216,7 +216,8 @@ WIDTHS = st.sampled_from([4, 8, 12, 16])
 def block_spec(draw, c: int, h: int) -> tuple:
     """One block that fits ``c`` channels of size ``h`` (the downsampling ones only while h >= 8)."""
     stride = st.sampled_from([1, 2]) if h >= 8 else st.just(1)
-    kind = draw(st.sampled_from(["res", "dense", "dws", "se", "split", "group", "shuffle"]))
+    shuffle = ["shuffle"] if c % 2 == 0 else []  # a shuffle needs a group count that divides c
+    kind = draw(st.sampled_from(["res", "dense", "dws", "se", "split", "group", *shuffle]))
     if kind == "res":
         return ("res", draw(WIDTHS), draw(stride), draw(st.booleans()))
     if kind == "dense":

@@ -170,6 +170,87 @@ def test_chunk_and_channel_shuffle_stay_consistent():
     assert not group_of(g, "b.0").frozen
 
 
+class ShuffleOnePerGroup(nn.Module):
+    """A channel shuffle with as many groups as channels: view(b, g, c // g, ...) with c // g == 1."""
+
+    def __init__(self, groups=4):
+        super().__init__()
+        self.a, self.groups = cbr(3, 4), groups
+        self.c = nn.Conv2d(4, 5, 1)
+
+    def forward(self, x):
+        x = self.a(x)
+        b, c, h, w = x.size()
+        x = x.view(b, self.groups, c // self.groups, h, w).transpose(1, 2).contiguous().view(b, -1, h, w)
+        return self.c(x)
+
+
+class LiteralView(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, 4)
+        self.fc = nn.Linear(4 * 64, 5)
+
+    def forward(self, x):
+        return self.fc(self.a(x).view(x.shape[0], 4, 64).flatten(1))
+
+
+@pytest.mark.parametrize("model", [ShuffleOnePerGroup(), LiteralView()], ids=type)
+def test_view_to_a_literal_channel_count_is_frozen(model):
+    # after slimming a literal size in view() would no longer fit the channels (found by the random-CNN test)
+    g = assert_equivalent(model, torch.randn(2, 3, 8, 8))
+    grp = group_of(g, "a.0")
+    assert grp.frozen and "fixed size (4)" in grp.reasons[0], grp.reasons
+
+
+class GroupedOverConcat(nn.Module):
+    """A grouped conv reading a concat whose parts are its groups: each unit is one layer's whole output."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = cbr(3, 4), cbr(4, 4)
+        self.g = nn.Conv2d(8, 4, 3, padding=1, groups=2)
+        self.c = nn.Conv2d(4, 5, 1)
+
+    def forward(self, x):
+        x = self.a(x)
+        return self.c(self.g(torch.cat([x, self.b(x)], 1)))
+
+
+def test_units_that_could_empty_a_layer_freeze_the_group():
+    # keeping only the second unit would leave conv a no output channel (found by the random-CNN test)
+    g = assert_equivalent(GroupedOverConcat(), torch.randn(2, 3, 8, 8))
+    grp = group_of(g, "a.0")
+    assert grp is group_of(g, "b.0") is group_of(g, "g") and grp.size == 2  # one channel per unit
+    assert grp.frozen and grp.reasons == [
+        "channels are pruned in units that could remove every channel of a.0.weight dim 0 "
+        "(it holds 1 of the group's 2)"
+    ]
+
+
+class ChunkOverDense(nn.Module):
+    """chunk(2) over a dense concat: channel i of one half is pruned with channel i of the other, so the
+    layers' channels fall in some of the group's channels only."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = cbr(3, 4), cbr(4, 2), cbr(6, 2)
+        self.head = nn.Conv2d(4, 5, 1)
+
+    def forward(self, x):
+        x = self.a(x)
+        x = torch.cat([x, self.b(x)], 1)
+        x = torch.cat([x, self.c(x)], 1)  # 4 + 2 + 2 channels
+        x1, x2 = x.chunk(2, dim=1)
+        return self.head(x1 + x2)
+
+
+def test_chunk_over_dense_concat_that_could_empty_a_layer_is_frozen():
+    g = assert_equivalent(ChunkOverDense(), torch.randn(2, 3, 8, 8))
+    grp = group_of(g, "b.0")
+    assert grp.frozen and "could remove every channel of" in grp.reasons[0], grp.reasons
+
+
 class FixedSlice(nn.Module):
     def __init__(self):
         super().__init__()
