@@ -122,7 +122,7 @@ def _gather(atoms: Atoms) -> tuple[list[ChannelGroup], list[ChannelGroup]]:
             producers += [a[0] for a in atoms.aliases.get(bi, ()) if a[3] == "out"]
         metas.append((gid, int(sizes_g[gi]), producers, reasons[gi]))
 
-    members = _members(atoms, gmap[roots], cmap[roots], len(components))
+    members = _members(atoms, sizes, gmap[roots], cmap[roots], len(components))
     for gi, why in _emptiable(members, sizes_g).items():
         metas[gi][3].append(why)
 
@@ -137,11 +137,12 @@ def _gather(atoms: Atoms) -> tuple[list[ChannelGroup], list[ChannelGroup]]:
     return groups, frozen
 
 
-def _members(atoms: Atoms, atom_g: np.ndarray, atom_c: np.ndarray, n_groups: int) -> list[list[Member]]:
+def _members(
+    atoms: Atoms, sizes: np.ndarray, atom_g: np.ndarray, atom_c: np.ndarray, n_groups: int
+) -> list[list[Member]]:
     """Each group's members, in block order: one per (block, group) and one more per alias of the block.
-    ``atom_g``/``atom_c``: the group and the channel of every atom."""
+    ``sizes``: every block's size; ``atom_g``/``atom_c``: the group and the channel of every atom."""
     blocks = atoms.blocks
-    sizes = np.fromiter((b.size for b in blocks), dtype=np.int64, count=len(blocks))
     members: list[list[Member]] = [[] for _ in range(n_groups)]
     nonempty = sizes > 0
     starts_b = np.concatenate([[0], np.cumsum(sizes)[:-1]])

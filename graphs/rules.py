@@ -14,15 +14,14 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from . import shapes
 from .atoms import Ann, Atoms, ParamRef
 from .trace import Traced
 
 # -- op tables -------------------------------------------------------------------------------------------
 
 PASS_MODULES: tuple[type, ...] = (
-    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU,
-    nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.Softplus, nn.Hardtanh, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    *shapes.SAME_SHAPE_MODULES,  # activations, dropout, identity
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
     nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
@@ -30,10 +29,7 @@ PASS_MODULES: tuple[type, ...] = (
     nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d, nn.ReflectionPad2d, nn.ReplicationPad2d,
 )  # fmt: skip
 
-PASS_FUNCTIONS: set[Any] = {
-    F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.sigmoid,
-    torch.sigmoid, F.tanh, torch.tanh, F.leaky_relu, F.elu, F.selu, F.mish, F.softplus, F.hardtanh,
-    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
+PASS_FUNCTIONS: set[Any] = shapes.SAME_SHAPE_FUNCTIONS | {  # activations, dropout, stochastic depth
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
     F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate, F.pad,
@@ -67,13 +63,6 @@ REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
 
 # values these return carry no channel data
 SHAPE_METHODS = {"size", "dim", "numel", "shape", "device", "dtype", "ndimension"}
-
-try:  # torchvision's stochastic depth scales whole samples: channel-wise it is a pass-through
-    from torchvision.ops import stochastic_depth as _sd
-
-    PASS_FUNCTIONS.add(_sd)
-except ImportError:  # pragma: no cover
-    pass
 
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 INSTANCE_NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
@@ -499,7 +488,7 @@ class Propagator:
             sizes = _view_sizes(node)
             if ann is not None and ann.spread is None and sizes is not None and len(sizes) == res.dim():
                 n = sizes[ann.dim]
-                if isinstance(n, int) and n > 0:  # a literal size stays when the channels shrink
+                if _is_literal(n):
                     why = f"{self.describe(node)} reshapes the channels into a fixed size ({n})"
                     return self.unknown(node, why + ": slimming would break it")
             return ann
@@ -536,7 +525,7 @@ class Propagator:
         dims, grid = ann.spread
         if sizes is None or max(dims) >= len(sizes):
             return self.unknown(node, f"{self.describe(node)} splits channels over several dims")
-        dynamic = [i for i, d in enumerate(dims) if not (isinstance(sizes[d], int) and sizes[d] > 0)]
+        dynamic = [i for i, d in enumerate(dims) if not _is_literal(sizes[d])]
         if len(dynamic) != 1:
             return self.unknown(
                 node, f"{self.describe(node)} reshapes channels into fixed sizes: slimming would break it"
@@ -600,6 +589,12 @@ def _view_sizes(node: fx.Node) -> list[Any] | None:
     if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
         sizes = list(sizes[0])
     return sizes
+
+
+def _is_literal(size: Any) -> bool:
+    """A view size written as a number (not -1, not computed from ``x.size()``): it stays the same after
+    slimming, so channels on that dim cannot shrink."""
+    return isinstance(size, int) and size > 0
 
 
 def _reads_params(node: fx.Node, env: dict[fx.Node, Any]) -> bool:

@@ -34,8 +34,8 @@ def _tuple(v: Any, n: int) -> tuple[Any, ...]:
 
 # -- modules ---------------------------------------------------------------------------------------------
 
-# output has the input's shape and dtype (eval mode; a float input)
-_SAME_SHAPE = {
+# output has the input's shape and dtype (eval mode; a float input); rules.py passes their channels through
+SAME_SHAPE_MODULES = {
     nn.Identity, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid,
     nn.Tanh, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.Softplus,
     nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
@@ -56,7 +56,7 @@ def module(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any
     if kwargs or len(args) != 1 or not _is_float(args[0]):
         return NI
     x, t = args[0], type(mod)
-    if t in _SAME_SHAPE:
+    if t in SAME_SHAPE_MODULES:
         return x
     if t in _BATCH_NORMS:
         ok = x.dim() in _BATCH_NORMS[t] and x.shape[1] == mod.num_features
@@ -139,7 +139,8 @@ def _pool(x: torch.Tensor, nd: int, kernel: Any, stride: Any, padding: Any, dila
 
 # -- functions -------------------------------------------------------------------------------------------
 
-_UNARY = {
+# functions whose output has the input's shape and dtype (rules.py: channel pass-through)
+SAME_SHAPE_FUNCTIONS = {
     F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.sigmoid,
     torch.sigmoid, F.tanh, torch.tanh, F.leaky_relu, F.elu, F.selu, F.mish, F.softplus, F.hardtanh,
     F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
@@ -147,17 +148,17 @@ _UNARY = {
 _BINARY = {operator.add, operator.sub, operator.mul}
 _INPLACE = {operator.iadd, operator.isub, operator.imul}  # the result must have the left operand's shape
 
-try:  # torchvision's stochastic depth: the input's shape
+try:  # torchvision's stochastic depth scales whole samples: the input's shape, channel-wise a pass-through
     from torchvision.ops import stochastic_depth as _sd
 
-    _UNARY.add(_sd)
+    SAME_SHAPE_FUNCTIONS.add(_sd)
 except ImportError:  # pragma: no cover
     pass
 
 
 def function(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """The output of ``fn(*args, **kwargs)`` as a meta tensor, or NotImplemented."""
-    if fn in _UNARY:
+    if fn in SAME_SHAPE_FUNCTIONS:
         return args[0] if args and _is_float(args[0]) else NI
     if fn in _BINARY and len(args) == 2 and not kwargs:
         return _binary(*args)

@@ -4,6 +4,7 @@ Python values that shape ops need)."""
 
 from __future__ import annotations
 
+import operator
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -175,7 +176,7 @@ class _MetaRunner:
                 if n.op == "placeholder":
                     out = self._placeholder(n, pending)
                 elif n.op == "get_attr":
-                    out = _to_meta(self._attr(n.target))
+                    out = _to_meta(operator.attrgetter(n.target)(self.root))
                 else:
                     args, kwargs = fx.node.map_arg((n.args, n.kwargs), values.__getitem__)
                     if n.op == "output":
@@ -191,8 +192,6 @@ class _MetaRunner:
                             # in place: keep the recorded value of the node it mutates
                             args = (torch.empty_like(args[0]), *args[1:])
                         out = _to_meta(getattr(args[0], n.target)(*args[1:], **kwargs))
-            except GraphBuildError:
-                raise
             except Exception as e:
                 raise _node_error(n, e) from e
             values[n] = out
@@ -209,12 +208,6 @@ class _MetaRunner:
         if n.args:  # a default value
             return n.args[0]
         raise RuntimeError(f"the model takes an input {n.target!r} that example_inputs does not give")
-
-    def _attr(self, target: str) -> Any:
-        obj = self.root
-        for atom in target.split("."):
-            obj = getattr(obj, atom)
-        return obj
 
     def _module(self, mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         out = shapes.module(mod, args, kwargs)
