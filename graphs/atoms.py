@@ -31,11 +31,19 @@ class Ann:
 
 @dataclass(frozen=True)
 class ParamRef:
-    """A tensor value that is a parameter or buffer read directly (an fx ``get_attr`` node)."""
+    """A tensor value computed from parameters or buffers alone (an fx ``get_attr`` node, a view of one, or
+    element-wise arithmetic on them: a layer scale reshaped to [1, C, 1, 1], FrozenBatchNorm's
+    ``weight * (running_var + eps).rsqrt()``). ``sources``: (module, param, param dim, value dim) for each
+    parameter dimension of size > 1 and the dimension of this value that holds it, position for position.
+    ``lost``: some parameter dimension could not be followed to a dimension of this value."""
 
-    module: str
-    param: str
     shape: tuple[int, ...]
+    sources: tuple[tuple[str, str, int, int], ...]
+    lost: bool = False
+
+    def at(self, dim: int) -> list[tuple[str, str, int]]:
+        """The parameter dimensions held, position for position, by ``dim`` of this value."""
+        return [(m, p, pd) for m, p, pd, vd in self.sources if vd == dim]
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,20 @@ def build_graph(model: nn.Module, example_inputs: Any, leaf_modules: Iterable[ty
         w = prop.modules[t.module].weight
         terms.append((t.module, t.coef, w.shape[0], w.shape[1]))
     groups, frozen = _gather(atoms)
-    return ChannelGraph(groups, frozen, type(model).__name__, terms)
+    sites = {(st.module, st.buffer): st for st in prop.stat_sites}
+    stat_members: dict[tuple[str, str], list[tuple[str, Member]]] = {}
+    for grp in groups + frozen:  # statistics sites are not tensors: they leave the member lists
+        kept = []
+        for m in grp.members:
+            if m.role != "stat":
+                kept.append(m)
+            elif not grp.frozen:
+                stat_members.setdefault((m.module, m.param), []).append((grp.id, m))
+        grp.members = kept
+    size_attrs = list(dict.fromkeys(prop.size_attrs))
+    return ChannelGraph(
+        groups, frozen, type(model).__name__, terms, list(sites.values()), stat_members, traced.opaque, size_attrs
+    )
 
 
 def _gather(atoms: Atoms) -> tuple[list[ChannelGroup], list[ChannelGroup]]:
@@ -123,18 +136,63 @@ def _gather(atoms: Atoms) -> tuple[list[ChannelGroup], list[ChannelGroup]]:
         metas.append((gid, int(sizes_g[gi]), producers, reasons[gi]))
 
     members = _members(atoms, sizes, gmap[roots], cmap[roots], len(components))
-    for gi, why in _emptiable(members, sizes_g).items():
-        metas[gi][3].append(why)
+    emptiable = _emptiable(members, sizes_g)
 
     groups, frozen = [], []
-    for (gid, size, producers, why), mem in zip(metas, members):
+    for gi, ((gid, size, producers, why), mem) in enumerate(zip(metas, members)):
         if size == 0:
             continue
-        grp = ChannelGroup(gid, size, mem, producers, why)
-        if not why and not producers:
-            grp.reasons.append("no layer produces these channels")
-        (frozen if grp.reasons else groups).append(grp)
+        pieces = [(gid, size, producers, mem)]
+        if gi in emptiable:
+            if why:  # frozen anyway
+                why.append(emptiable[gi])
+            else:
+                pieces = _refine(gid, size, mem, used_ids)
+        for pid, psize, pprod, pmem in pieces:
+            grp = ChannelGroup(pid, psize, pmem, pprod, list(why))
+            if not grp.reasons and not pprod:
+                grp.reasons.append("no layer produces these channels")
+            (frozen if grp.reasons else groups).append(grp)
     return groups, frozen
+
+
+def _refine(gid: str, size: int, members: list[Member], used_ids: set[str]) -> list[tuple]:
+    """Split a group some of whose members hold only part of its channels (a split, a partial residual, a
+    grouped conv over a concat) into parts such that every member holds whole parts: the channels held by
+    exactly the same members form one part. "Keep at least one channel of every group" then keeps at least
+    one channel of every layer, where the whole group could lose all channels of one layer."""
+    distinct = list({id(m.channels): m.channels for m in members}.values())  # aliases share their tensors
+    cover = np.zeros((len(distinct), size), dtype=bool)
+    for i, ch in enumerate(distinct):
+        cover[i, ch.numpy()] = True
+    _, cell = np.unique(cover.T, axis=0, return_inverse=True)
+    cell = cell.reshape(-1)
+    firsts = {}
+    for c, k in enumerate(cell.tolist()):
+        firsts.setdefault(k, c)
+    order = sorted(firsts, key=firsts.get)  # parts in the order of their first channel
+    part_of = np.empty(size, dtype=np.int64)
+    index = np.empty(size, dtype=np.int64)
+    for p, k in enumerate(order):
+        chans = np.flatnonzero(cell == k)
+        part_of[chans] = p
+        index[chans] = np.arange(len(chans))
+    part_t, index_t = torch.from_numpy(part_of), torch.from_numpy(index)
+    pieces = []
+    for p in range(len(order)):
+        mem = []
+        for m in members:
+            sel = part_t[m.channels] == p
+            if bool(sel.any()):
+                mem.append(Member(m.module, m.param, m.dim, m.positions[sel], index_t[m.channels[sel]], m.role))
+        pid = gid if p == 0 else f"{gid}#part{p}"
+        k = 2
+        while p and pid in used_ids:
+            pid, k = f"{gid}#part{p}.{k}", k + 1
+        used_ids.add(pid)
+        producers = list(dict.fromkeys(m.module for m in mem if m.role == "out"))
+        pieces.append((pid, int((part_of == p).sum()), producers, mem))
+    return pieces
 
 
 def _members(

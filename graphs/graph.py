@@ -40,8 +40,10 @@ class Member:
     def slice(self) -> slice | None:
         """The positions as a ``slice`` when they are contiguous and one per channel, else None."""
         p = self.positions
-        if len(p) and torch.equal(p, torch.arange(int(p[0]), int(p[0]) + len(p))) and torch.equal(
-            self.channels, torch.arange(len(p))
+        if (
+            len(p)
+            and torch.equal(p, torch.arange(int(p[0]), int(p[0]) + len(p)))
+            and torch.equal(self.channels, torch.arange(len(p)))
         ):
             return slice(int(p[0]), int(p[0]) + len(p))
         return None
@@ -64,6 +66,30 @@ class Member:
             "positions": self.positions.tolist(),
             "channels": self.channels.tolist(),
         }
+
+
+@dataclass
+class StatSite:
+    """A statistic computed over a channel dim (LayerNorm or one-group GroupNorm over channels, a mean or
+    variance over channels): the masked model computes it over the kept channels only, as the slimmed model
+    does. ``module`` is the module whose forward makes the call, ``key``/``ordinal`` which call it is there
+    (the ``ordinal``-th call of the op ``key``), ``dim`` the channel dim of its input, ``size`` its channels.
+    The kept-channel mask lives in a non-persistent buffer ``buffer`` of that module while masks apply."""
+
+    module: str
+    key: str
+    ordinal: int
+    kind: str  # "layer_norm", "group_norm" (one group) or "reduce"
+    dim: int
+    size: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def buffer(self) -> str:
+        return f"_pk_keep_{self.key}_{self.ordinal}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("module", "key", "ordinal", "kind", "dim", "size", "extra")}
 
 
 @dataclass
@@ -117,10 +143,22 @@ class ChannelGraph:
         frozen: list[ChannelGroup],
         model_name: str = "model",
         macs_terms: list[tuple[str, int, int, int]] | None = None,
+        stats: list[StatSite] | None = None,
+        stat_members: dict[tuple[str, str], list[tuple[str, Member]]] | None = None,
+        opaque: dict[str, str] | None = None,
+        size_attrs: list[tuple[str, str, int, str]] | None = None,
     ):
         self.groups = groups
         self.frozen = frozen
         self.model_name = model_name
+        # statistics over channels, and which group channels each one's positions hold (prunable groups only)
+        self.stats = list(stats or [])
+        self.stat_members = dict(stat_members or {})
+        # submodules kept whole because fx could not trace them: {qualified name: why}
+        self.opaque = dict(opaque or {})
+        # module attributes holding a channel count that slimming must update: (module, attribute, index in
+        # it, the stat_members key whose kept channels give the new count)
+        self.size_attrs = [tuple(a) for a in size_attrs or []]
         # (conv/linear module, MACs per kept (out, in) weight pair per sample, weight.shape[0], weight.shape[1])
         self.macs_terms = list(macs_terms or [])
         self._by_id = {g.id: g for g in groups + frozen}
@@ -165,7 +203,31 @@ class ChannelGraph:
         lines.append("frozen:")
         for g in self.frozen:
             lines.append("  " + (g.summary() if members else repr(g)))
+        if self.opaque:
+            lines.append("opaque (fx could not trace them: kept whole, their boundary channels frozen unless noted):")
+            lines += [f"  {name}: {why}" for name, why in self.opaque.items()]
         return "\n".join(lines)
+
+    def kept_count(self, module: str, key: str, size: int, keep: dict[str, torch.Tensor]) -> int:
+        """How many of the ``size`` channel positions recorded under (module, key) ``keep`` keeps."""
+        pruned = 0
+        for gid, m in self.stat_members.get((module, key), ()):
+            k = keep.get(gid)
+            if k is not None:
+                pruned += int((~k[m.channels]).sum())
+        return size - pruned
+
+    def stat_masks(self, keep: dict[str, torch.Tensor]) -> dict[tuple[str, str], torch.Tensor]:
+        """{(module, buffer): kept-channel mask} of every statistics site, for a validated ``keep``."""
+        out = {}
+        for site in self.stats:
+            mask = torch.ones(site.size, dtype=torch.bool)
+            for gid, m in self.stat_members.get((site.module, site.buffer), ()):
+                k = keep.get(gid)
+                if k is not None:
+                    mask[m.positions] = k[m.channels]
+            out[(site.module, site.buffer)] = mask
+        return out
 
     def validate_keep(self, keep: dict[str, Any]) -> dict[str, torch.Tensor]:
         """``keep`` checked and normalized to {group id: bool tensor}; a clear error for unknown or frozen
@@ -224,6 +286,14 @@ class ChannelGraph:
             "groups": [g.to_dict() for g in self.groups],
             "frozen": [g.to_dict() for g in self.frozen],
             "macs_terms": [list(t) for t in self.macs_terms],
+            "stats": [s.to_dict() for s in self.stats],
+            "stat_members": [
+                {"module": k[0], "buffer": k[1], "group": gid, **m.to_dict()}
+                for k, lst in self.stat_members.items()
+                for gid, m in lst
+            ],
+            "opaque": self.opaque,
+            "size_attrs": [list(a) for a in self.size_attrs],
         }
 
     def to_json(self, path: str | None = None) -> str:
@@ -235,23 +305,35 @@ class ChannelGraph:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ChannelGraph:
+        def member(m: dict[str, Any]) -> Member:
+            return Member(
+                m["module"],
+                m["param"],
+                m["dim"],
+                torch.tensor(m["positions"], dtype=torch.long),
+                torch.tensor(m["channels"], dtype=torch.long),
+                m["role"],
+            )
+
         def grp(d: dict[str, Any]) -> ChannelGroup:
-            members = [
-                Member(
-                    m["module"],
-                    m["param"],
-                    m["dim"],
-                    torch.tensor(m["positions"], dtype=torch.long),
-                    torch.tensor(m["channels"], dtype=torch.long),
-                    m["role"],
-                )
-                for m in d["members"]
-            ]
-            return ChannelGroup(d["id"], d["size"], members, d["producers"], d["reasons"])
+            return ChannelGroup(d["id"], d["size"], [member(m) for m in d["members"]], d["producers"], d["reasons"])
 
         terms = [tuple(t) for t in data.get("macs_terms", [])]
         groups, frozen = [grp(d) for d in data["groups"]], [grp(d) for d in data["frozen"]]
-        return cls(groups, frozen, data.get("model", "model"), terms)
+        stats = [StatSite(**d) for d in data.get("stats", [])]
+        stat_members: dict[tuple[str, str], list[tuple[str, Member]]] = {}
+        for d in data.get("stat_members", []):
+            stat_members.setdefault((d["module"], d["buffer"]), []).append((d["group"], member(d)))
+        return cls(
+            groups,
+            frozen,
+            data.get("model", "model"),
+            terms,
+            stats,
+            stat_members,
+            data.get("opaque", {}),
+            data.get("size_attrs", []),
+        )
 
     def to_dot(self, path: str | None = None) -> str:
         """Graphviz DOT text: groups as boxes (grey when frozen), modules as ellipses."""
@@ -261,7 +343,7 @@ class ChannelGraph:
                 style = ', style=filled, fillcolor="#dddddd"' if attrs["frozen"] else ""
                 lines.append(f'  "{node}" [shape=box, label="{node}\\n{attrs["size"]} ch"{style}];')
             else:
-                lines.append(f'  "{node}" [shape=ellipse, label="{node[len("module:"):]}"];')
+                lines.append(f'  "{node}" [shape=ellipse, label="{node[len("module:") :]}"];')
         for a, b in self.nx_graph.edges():
             lines.append(f'  "{a}" -- "{b}";')
         lines.append("}")
@@ -282,7 +364,5 @@ def lookup_tensor(model: nn.Module, module: str, param: str) -> torch.Tensor:
         mod = None
     t = getattr(mod, param, None)
     if not isinstance(t, torch.Tensor):
-        raise KeyError(
-            f"{module or '<root>'} has no tensor {param!r}: is this the model the graph was built on?"
-        )
+        raise KeyError(f"{module or '<root>'} has no tensor {param!r}: is this the model the graph was built on?")
     return t

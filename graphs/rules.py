@@ -4,6 +4,8 @@ path freezes the channels involved, with the node and op as the reason; nothing 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import operator
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from torch import nn
 
 from . import shapes
 from .atoms import Ann, Atoms, ParamRef
+from .graph import StatSite
 from .trace import Traced
 
 # -- op tables -------------------------------------------------------------------------------------------
@@ -58,8 +61,19 @@ MOVE_METHODS = {
 }  # fmt: skip
 MOVE_MODULES: tuple[type, ...] = (nn.Flatten, nn.Unflatten)
 
-REDUCE_FUNCTIONS: set[Any] = {torch.mean, torch.sum, torch.amax, torch.amin}
-REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
+REDUCE_FUNCTIONS: set[Any] = {
+    torch.mean, torch.sum, torch.amax, torch.amin, torch.var, torch.std, torch.var_mean, torch.norm,
+}  # fmt: skip
+REDUCE_METHODS = {"mean", "sum", "amax", "amin", "var", "std", "norm"}
+
+# element-wise on values computed from parameters alone (FrozenBatchNorm's ``(running_var + eps).rsqrt()``)
+PARAM_UNARY_FUNCTIONS: set[Any] = {torch.rsqrt, torch.sqrt, torch.reciprocal, torch.pow, operator.pow}
+PARAM_UNARY_METHODS = {"rsqrt", "sqrt", "reciprocal", "pow", "sign"}
+
+# norms with one statistic per channel, called as functions on module attributes (timm's BatchNormAct2d)
+CHANNEL_NORM_FUNCTIONS: set[Any] = {F.batch_norm, torch.batch_norm, F.instance_norm, torch.instance_norm}
+LAYER_NORM_FUNCTIONS: set[Any] = {F.layer_norm, torch.layer_norm}
+GROUP_NORM_FUNCTIONS: set[Any] = {F.group_norm, torch.group_norm}
 
 # values these return carry no channel data
 SHAPE_METHODS = {"size", "dim", "numel", "shape", "device", "dtype", "ndimension"}
@@ -67,6 +81,44 @@ SHAPE_METHODS = {"size", "dim", "numel", "shape", "device", "dtype", "ndimension
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 INSTANCE_NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+# Subclasses of standard layers whose forward differs from the parent's, verified to prune as their parent
+# (tests/test_graph_subclasses.py checks each with the equivalence check): "conv" prunes as its parent,
+# "conv_out" only its output channels (weight standardization mixes the input channels of a filter).
+AS_PARENT = {
+    "timm.layers.conv2d_same.Conv2dSame": "conv",
+    "timm.layers.std_conv.StdConv2d": "conv_out",
+    "timm.layers.std_conv.StdConv2dSame": "conv_out",
+    "timm.layers.std_conv.ScaledStdConv2d": "conv_out",
+    "timm.layers.std_conv.ScaledStdConv2dSame": "conv_out",
+    "timm.layers.norm_act.BatchNormAct2d": "norm",
+}
+_STANDARD = (*CONVS, nn.Linear, *NORMS, *INSTANCE_NORMS, nn.GroupNorm, nn.LayerNorm)
+
+
+def _standard_base(m: nn.Module) -> type | None:
+    """The standard layer class ``m`` is an instance of (None if none)."""
+    for cls in type(m).__mro__:
+        if cls in _STANDARD:
+            return cls
+    return None
+
+
+@dataclass(frozen=True)
+class SizeOf:
+    """``x.size()`` / ``x.shape`` of a tensor with channels ``x``."""
+
+    x: Ann
+
+
+@dataclass(frozen=True)
+class ChanCount:
+    """An int that is (``derived=False``) or is computed from (``derived=True``) the channel count of the
+    channels ``atoms``: it changes when they are pruned."""
+
+    atoms: torch.Tensor
+    derived: bool
 
 
 @dataclass
@@ -88,6 +140,9 @@ class Propagator:
         self.env: dict[fx.Node, Any] = {}
         self.macs_terms: list[MacsTerm] = []
         self.unused_params: list[str] = []
+        self.stat_sites: list[StatSite] = []
+        self.size_attrs: list[tuple[str, str, int, str]] = []  # (module, attribute, index, stat member key)
+        self.opaque = traced.opaque
 
     # -- helpers ---------------------------------------------------------------------------------------
     def ann(self, a: Any) -> Any:
@@ -139,7 +194,7 @@ class Propagator:
             v = self.values.get(node)
             if isinstance(v, torch.Tensor):
                 module, _, param = node.target.rpartition(".")
-                return ParamRef(module, param, tuple(v.shape))
+                return ParamRef(tuple(v.shape), tuple((module, param, d, d) for d, n in enumerate(v.shape) if n > 1))
             return None
         if op == "output":
             for a in self.inputs(node):
@@ -172,6 +227,28 @@ class Propagator:
         name = node.target
         x = self.ann(node.args[0]) if node.args else None
         out = self.values.get(node)
+        base = _standard_base(m)
+        if base is not None and type(m).forward is not base.forward:
+            # a subclass of a standard layer with a forward of its own: its parent's rule holds only where
+            # that was verified (AS_PARENT); anything else is kept whole
+            how = AS_PARENT.get(f"{type(m).__module__}.{type(m).__qualname__}")
+            if how is None:
+                why = self.opaque.get(name, f"its forward overrides {base.__name__}'s")
+                return self.unknown(node, f"module {name} ({type(m).__name__}) is kept whole: {why}")
+            if name in self.opaque and "pruned as" not in self.opaque[name]:
+                self.opaque[name] += f"; pruned as {base.__name__} (a verified subclass: channels as its parent's)"
+            if how == "conv_out":
+                return self.conv(
+                    node,
+                    name,
+                    m,
+                    x,
+                    out,
+                    frozen_in=f"{type(m).__name__} standardizes each filter "
+                    "over its input channels: pruning them would change the standardization",
+                )
+        elif name in self.opaque:
+            return self.unknown(node, f"module {name} is kept whole: fx cannot trace it ({self.opaque[name]})")
         if isinstance(m, CONVS):
             return self.conv(node, name, m, x, out)
         if isinstance(m, nn.Linear):
@@ -180,12 +257,12 @@ class Propagator:
             return self.channel_norm(node, name, m, x, m.num_features)
         if isinstance(m, INSTANCE_NORMS):
             return self.passthrough(node, x, out)
-        if isinstance(m, nn.GroupNorm):
-            if m.num_groups == m.num_channels:
-                return self.channel_norm(node, name, m, x, m.num_channels)
-            return self.unknown(node, f"GroupNorm {name} normalizes over groups of channels (groups={m.num_groups})")
-        if isinstance(m, nn.LayerNorm):
-            return self.layer_norm(node, name, m, x, out)
+        if isinstance(m, nn.GroupNorm) and type(m).forward is nn.GroupNorm.forward:
+            w = _module_params(name, m, ("weight", "bias"))
+            return self.group_norm(node, x, m.num_groups, w, (name, "group_norm", 0), m)
+        if isinstance(m, nn.LayerNorm) and type(m).forward is nn.LayerNorm.forward:
+            w = _module_params(name, m, ("weight", "bias"))
+            return self.layer_norm(node, x, tuple(m.normalized_shape), w, (name, "layer_norm", 0), m)
         if isinstance(m, nn.PReLU):
             if m.num_parameters == 1:
                 return self.passthrough(node, x, out)
@@ -200,10 +277,14 @@ class Propagator:
             return None
         return self.unknown(node)
 
-    def conv(self, node: fx.Node, name: str, m: nn.Conv2d, x: Any, out: torch.Tensor) -> Ann:
+    def conv(
+        self, node: fx.Node, name: str, m: nn.Conv2d, x: Any, out: torch.Tensor, frozen_in: str | None = None
+    ) -> Ann:
         A = self.atoms
         cin, g = m.in_channels, m.groups
         ok_in = isinstance(x, Ann) and x.dim == 1 and x.size == cin
+        if frozen_in and isinstance(x, Ann):
+            A.freeze(x.atoms, f"{node.name}: {frozen_in}")
         role = "dw" if g > 1 and g == cin == m.out_channels and ok_in else "out"
         w_out = A.param(name, "weight", 0, m.out_channels, role)
         if m.bias is not None:
@@ -266,15 +347,146 @@ class Propagator:
                     self.atoms.alias(name, p, 0, role, of=first)
         return x
 
-    def layer_norm(self, node, name: str, m: nn.LayerNorm, x: Any, out: torch.Tensor) -> Any:
-        if not isinstance(x, Ann):
-            return None
-        first_normed = out.dim() - len(m.normalized_shape)
-        if x.dim >= first_normed:
+    def couple_params(self, node: fx.Node, x: Ann, params: list[Any], role: str, axis: int = 0) -> bool:
+        """Couple the channel dim of ``x`` with dim ``axis`` of each parameter value in ``params`` (None
+        entries skipped); False, with the channels frozen, when one is not a parameter of that size."""
+        for p in params:
+            if p is None:
+                continue
+            srcs = p.at(axis) if isinstance(p, ParamRef) else []
+            if not srcs or p.shape[axis] != x.size:
+                self.unknown(node, f"{self.describe(node)} takes a per-channel tensor that is not a parameter")
+                return False
+            for module, param, pd in srcs:
+                self.atoms.union(self.atoms.param(module, param, pd, x.size, role), x.atoms)
+        return True
+
+    def stat_site(self, node: fx.Node, x: Ann, where: tuple[str, str, int], kind: str, **extra: Any) -> None:
+        """Record a statistic over the channel dim of ``x``: the masked model computes it over the kept
+        channels only (graphs/masked.py), which is what the slimmed model computes."""
+        owner, key, ordinal = where
+        site = StatSite(owner, key, ordinal, kind, x.dim, x.size, dict(extra))
+        self.stat_sites.append(site)
+        self.atoms.union(self.atoms.param(owner, site.buffer, 0, x.size, "stat"), x.atoms)
+
+    def layer_norm(
+        self, node: fx.Node, x: Any, shape: tuple[int, ...], wb: list[Any], where: Any, owner: nn.Module | None
+    ) -> Any:
+        """LayerNorm (module or ``F.layer_norm``). Over the channel dim it is pruned exactly: the masked model
+        normalizes over the kept channels (a statistics site), the slimmed one has a smaller
+        ``normalized_shape``, which must be the owning module's attribute for slimming to update it."""
+        inp = self.values.get(node.args[0])
+        if not isinstance(x, Ann) or not isinstance(inp, torch.Tensor):
+            return self.unknown(node) if self.inputs(node) else None
+        first = inp.dim() - len(shape)
+        if x.spread is not None:
+            return self.unknown(node, f"{self.describe(node)} reads channels spread over several dims")
+        if x.dim < first:
+            others = [p for p in wb if p is not None and not isinstance(p, ParamRef)]
+            return self.unknown(node) if others else x
+        if where is None:
+            return self.unknown(node, f"{self.describe(node)} normalizes over the channel dim outside a module")
+        if not isinstance(owner, nn.LayerNorm) or tuple(owner.normalized_shape) != tuple(shape):
             return self.unknown(
-                node, f"LayerNorm {name} normalizes over the channel dim: pruning would change its statistics"
+                node,
+                f"{self.describe(node)} normalizes over the channel dim with a normalized_shape that is not its "
+                f"module's attribute (slimming could not update it)",
             )
+        if not self.couple_params(node, x, wb, "norm", axis=x.dim - first):
+            return None
+        self.stat_site(node, x, where, "layer_norm", in_dims=inp.dim())
         return x
+
+    def group_norm(self, node: fx.Node, x: Any, groups: Any, wb: list[Any], where: Any, owner: nn.Module | None) -> Any:
+        """GroupNorm. One group per channel: per-channel statistics. One group (a LayerNorm over channels and
+        positions): a statistics site. Otherwise whole groups are pruned (each group's channels are one unit),
+        which leaves the statistics of the kept groups untouched; slimming lowers ``num_groups``."""
+        if not isinstance(x, Ann) or x.dim != 1 or x.spread is not None or not isinstance(groups, int):
+            return self.unknown(node, f"{self.describe(node)} reads a tensor whose channel dim is not dim 1")
+        c = x.size
+        if groups != c:
+            if where is None or not isinstance(owner, nn.GroupNorm) or owner.num_groups != groups:
+                return self.unknown(node, f"{self.describe(node)}: its group count is not a GroupNorm attribute")
+        if not self.couple_params(node, x, wb, "norm"):
+            return None
+        if groups == 1:
+            self.stat_site(node, x, where, "group_norm")
+        elif groups != c:
+            units = x.atoms.view(groups, c // groups)
+            self.atoms.union(units.flatten(), units[:, :1].expand(groups, c // groups).flatten())
+        return x
+
+    def functional_layer(self, node: fx.Node) -> Any:
+        """``F.linear`` / ``F.conv2d`` on a Linear's / Conv's own weight (timm's ``Linear`` calls F.linear in
+        its forward): the layer's rule, when the weight and bias are that module's own parameters as they
+        are (not computed from them) and a conv's ``groups`` is the module's."""
+        names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+        bound = dict(zip(names, node.args))
+        bound.update(node.kwargs)
+        w, b = self.env.get(bound.get("weight")), self.env.get(bound.get("bias"))
+        if (
+            isinstance(w, ParamRef)
+            and not w.lost
+            and {(m, p) for m, p, _, _ in w.sources} == {(w.sources[0][0], "weight")}
+        ):
+            name = w.sources[0][0]
+            m = self.modules.get(name)
+            want = nn.Linear if node.target is F.linear else CONVS
+            weight_ok = (
+                isinstance(m, want)
+                and tuple(w.shape) == tuple(m.weight.shape)
+                and all(pd == vd for _, _, pd, vd in w.sources)
+            )
+            bias_ok = (b is None and bound.get("bias") is None and getattr(m, "bias", None) is None) or (
+                isinstance(b, ParamRef) and m is not None and m.bias is not None
+                and [(s[0], s[1]) for s in b.sources] == [(name, "bias")]
+            )  # fmt: skip
+            groups_ok = node.target is F.linear or bound.get("groups", 1) == getattr(m, "groups", None)
+            if weight_ok and bias_ok and groups_ok:
+                x = self.ann(node.args[0]) if node.args else None
+                out = self.values.get(node)
+                if node.target is F.linear:
+                    return self.linear(node, name, m, x, out)
+                return self.conv(node, name, m, x, out)
+        return self.unknown(node)
+
+    def _tensor_arg(self, a: Any) -> Any:
+        """A tensor argument's parameter value (a ParamRef), ``True`` for any other tensor, None if no tensor."""
+        if not isinstance(a, fx.Node) or not isinstance(self.values.get(a), torch.Tensor):
+            return None
+        e = self.env.get(a)
+        return e if isinstance(e, ParamRef) else True
+
+    def functional_norm(self, node: fx.Node) -> Any:
+        """``F.batch_norm`` / ``F.instance_norm`` / ``F.layer_norm`` / ``F.group_norm`` on module attributes."""
+        t = node.target
+        x = self.ann(node.args[0]) if node.args else None
+        if not isinstance(x, Ann):
+            return self.unknown(node) if self.inputs(node) else None
+        kind = _norm_kind(t)
+        others = [a for a in self.inputs(node) if a is not x]
+        if others:
+            return self.unknown(node)
+        if kind in ("layer_norm", "group_norm"):
+            names = ("input", "normalized_shape" if kind == "layer_norm" else "num_groups", "weight", "bias")
+            bound = dict(zip(names, node.args))
+            bound.update({k: v for k, v in node.kwargs.items() if k in names})
+            tensors = [self._tensor_arg(bound.get(k)) for k in ("weight", "bias")]
+        else:  # every tensor argument after the input is per-channel (the order differs between forms)
+            tensors = [self._tensor_arg(a) for a in [*node.args[1:], *node.kwargs.values()]]
+            tensors = [v for v in tensors if v is not None]
+        where = node.meta.get("pk_site")
+        owner = self.modules.get(where[0]) if where else None
+        kind = _norm_kind(t)
+        if kind == "layer_norm":
+            shape = bound.get("normalized_shape")
+            shape = tuple(shape) if isinstance(shape, (list, tuple)) else (shape,)
+            return self.layer_norm(node, x, shape, tensors, where, owner)
+        if kind == "group_norm":
+            return self.group_norm(node, x, bound.get("num_groups"), tensors, where, owner)
+        if x.dim != 1 or x.spread is not None:
+            return self.unknown(node, f"{self.describe(node)} reads a tensor whose channel dim is not dim 1")
+        return x if self.couple_params(node, x, tensors, "norm") else None
 
     def softmax(self, node, x: Any, out: torch.Tensor, dim: int | None) -> Any:
         if not isinstance(x, Ann):
@@ -309,7 +521,22 @@ class Propagator:
         t = node.target
         method = node.op == "call_method"
         if method and t in SHAPE_METHODS or (not method and t is getattr):
-            return None
+            return self.size_of(node)
+        counts = [a for a in _node_args(node) if isinstance(self.env.get(a), (ChanCount, SizeOf))]
+        if counts and not isinstance(self.values.get(node), torch.Tensor):
+            return self.size_arith(node, counts)
+        moves = (not method and t in MOVE_FUNCTIONS) or (method and t in MOVE_METHODS)
+        if counts and not (moves and len(self.inputs(node)) == 1):
+            # a tensor made with a channel count (torch.zeros(B, C), a view of a tensor without channels)
+            self.check_sizes(node, None)
+        if not method and t in _NORM_FUNCTIONS:
+            return self.functional_norm(node)
+        if not method and t in (F.linear, F.conv1d, F.conv2d, F.conv3d):
+            return self.functional_layer(node)
+        if not self.inputs(node) and _reads_params(node, self.env):
+            return self.param_expr(node)
+        if (not method and t is torch.addcmul) or (method and t == "addcmul"):
+            return self.binary(node, operands=list(node.args[:3]))
         if (not method and t in BINARY_FUNCTIONS) or (method and t in BINARY_METHODS):
             return self.binary(node)
         if (not method and t in (torch.cat, torch.concat, torch.concatenate)) or (method and t == "cat"):
@@ -335,11 +562,12 @@ class Propagator:
             return None
         return self.unknown(node)
 
-    def binary(self, node: fx.Node) -> Any:
+    def binary(self, node: fx.Node, operands: list[Any] | None = None) -> Any:
         out = self.values.get(node)
         if not isinstance(out, torch.Tensor):
             return self.unknown(node)
-        operands = list(node.args[:2]) + [node.kwargs[k] for k in ("other",) if k in node.kwargs]
+        if operands is None:
+            operands = list(node.args[:2]) + [node.kwargs[k] for k in ("other",) if k in node.kwargs]
         dims: set[int] = set()
         full: list[Ann] = []
         plain: list[tuple[Any, Any]] = []
@@ -369,8 +597,9 @@ class Propagator:
             pd = od - (out.dim() - v.dim())
             if pd < 0 or v.shape[pd] == 1:
                 continue
-            if isinstance(e, ParamRef) and v.shape[pd] == base.size:
-                self.atoms.union(self.atoms.param(e.module, e.param, pd, base.size, "param"), base.atoms)
+            if isinstance(e, ParamRef) and v.shape[pd] == base.size and e.at(pd):
+                for module, param, d in e.at(pd):
+                    self.atoms.union(self.atoms.param(module, param, d, base.size, "param"), base.atoms)
                 continue
             return self.unknown(node, "element-wise op with a tensor of unknown channel origin")
         return Ann(od, base.atoms)
@@ -429,17 +658,217 @@ class Propagator:
         inp, out = self.values.get(node.args[0]), self.values.get(node)
         if not isinstance(x, Ann):
             return self.unknown(node) if self.inputs(node) else None
-        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-        keep = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
+        dim, keep = _reduce_args(node)
         if dim is None or not isinstance(inp, torch.Tensor):
             return self.unknown(node, "reduction over all dims mixes channels")
         dims = {d % inp.dim() for d in ([dim] if isinstance(dim, int) else dim)}
         if x.dim in dims:
-            return self.unknown(node, "reduction over the channel dim mixes channels")
+            # over the kept channels in the masked model (a statistics site): exact, and the result has no
+            # channel dim left (a kept size-1 dim broadcasts back without coupling anything)
+            where = node.meta.get("pk_site")
+            if where is None or x.spread is not None or len(self.inputs(node)) != 1:
+                return self.unknown(node, "reduction over the channel dim mixes channels")
+            self.stat_site(node, x, where, "reduce", dims=sorted(dims))
+            return None
         nd = x.dim if keep else x.dim - sum(1 for d in dims if d < x.dim)
-        if not isinstance(out, torch.Tensor) or out.shape[nd] != x.size:
+        outs = out if isinstance(out, tuple) else (out,)  # var_mean: (var, mean)
+        if not all(isinstance(o, torch.Tensor) and o.dim() > nd and o.shape[nd] == x.size for o in outs):
             return self.unknown(node)
-        return Ann(nd, x.atoms)
+        return tuple(Ann(nd, x.atoms) for _ in outs) if isinstance(out, tuple) else Ann(nd, x.atoms)
+
+    def size_of(self, node: fx.Node) -> Any:
+        """``x.size()``, ``x.shape``, ``x.size(d)``: sizes whose channel entry is the channel count of ``x``
+        (a ``ChanCount``), so a view that uses it can be checked to reshape those same channels."""
+        x = self.ann(node.args[0]) if node.args else None
+        if not isinstance(x, Ann) or x.spread is not None:
+            return None
+        if node.op == "call_function":  # getattr(x, "shape")
+            return SizeOf(x) if node.args[1] == "shape" else None
+        if node.target == "size":
+            d = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+            if d is None:
+                return SizeOf(x)
+            v = self.values.get(node.args[0])
+            return ChanCount(x.atoms, False) if isinstance(d, int) and d % v.dim() == x.dim else None
+        return None
+
+    def size_arith(self, node: fx.Node, counts: list[fx.Node]) -> Any:
+        """Indexing a ``SizeOf`` gives the channel count at the channel dim; arithmetic on a channel count
+        (``C // heads``, ``3 * C``) is a derived count of the same channels."""
+        src = self.env[counts[0]]
+        if isinstance(src, SizeOf):
+            if node.target is operator.getitem and len(counts) == 1 and isinstance(node.args[1], int):
+                v = self.values.get(counts[0])
+                n = len(v) if isinstance(v, (tuple, list, torch.Size)) else None
+                if n and node.args[1] % n == src.x.dim:
+                    return ChanCount(src.x.atoms, False)
+            return None
+        return ChanCount(src.atoms, True)
+
+    def check_sizes(self, node: fx.Node, x: Ann | None) -> bool:
+        """A view/reshape sized with the channel count of other channels (edgenext's XCA reshapes attention
+        output with the C of its input): after slimming the two counts differ, so both are frozen."""
+        foreign = []
+        for a in _node_args(node):
+            cc = self.env.get(a)
+            if isinstance(cc, ChanCount) and not (
+                x is not None
+                and len(cc.atoms) == x.size
+                and torch.equal(torch.sort(cc.atoms).values, torch.sort(x.atoms).values)
+            ):
+                foreign.append(cc.atoms)
+        if not foreign:
+            return True
+        why = f"{node.name}: {self.describe(node)} is sized with the channel count of other channels"
+        if x is not None:
+            self.atoms.freeze(x.atoms, why)
+        for atoms in foreign:
+            self.atoms.freeze(atoms, why)
+        return False
+
+    def param_expr(self, node: fx.Node) -> Any:
+        """A value computed from parameters alone: element-wise arithmetic keeps each parameter dim where
+        broadcasting puts it; views and reshapes are followed with labels, as for channels."""
+        out = self.values.get(node)
+        t = node.target
+        method = node.op == "call_method"
+        if not isinstance(out, torch.Tensor):
+            return None
+        elementwise = (not method and (t in BINARY_FUNCTIONS or t in PASS_FUNCTIONS or t in PARAM_UNARY_FUNCTIONS)) or (
+            method and (t in BINARY_METHODS or t in PASS_METHODS or t in PARAM_UNARY_METHODS)
+        )
+        if elementwise:
+            sources: list[tuple[str, str, int, int]] = []
+            lost = False
+            for a in [*node.args, *node.kwargs.values()]:
+                e = self.env.get(a) if isinstance(a, fx.Node) else None
+                if (
+                    isinstance(a, fx.Node)
+                    and isinstance(self.values.get(a), torch.Tensor)
+                    and not isinstance(e, ParamRef)
+                ):
+                    return None  # mixed with a tensor not from parameters (a norm over a weight's dims...)
+                if isinstance(e, ParamRef):
+                    shift = out.dim() - len(e.shape)
+                    sources += [(m, p, pd, vd + shift) for m, p, pd, vd in e.sources]
+                    lost = lost or e.lost
+            return ParamRef(tuple(out.shape), tuple(sources), lost)
+        moves = (not method and t in MOVE_FUNCTIONS) or (method and t in MOVE_METHODS)
+        src = self.env.get(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
+        if not moves or not isinstance(src, ParamRef) or len(_param_refs(node, self.env)) != 1:
+            return None
+        sources = []
+        lost = src.lost
+        for m, p, pd, vd in src.sources:
+            shape = [1] * len(src.shape)
+            shape[vd] = src.shape[vd]
+            labels = torch.arange(src.shape[vd]).reshape(shape).expand(src.shape)
+            try:
+                res = self.apply(node, labels)
+            except Exception:
+                try:
+                    res = self.apply(node, labels.contiguous())
+                except Exception:
+                    return ParamRef(tuple(out.shape), (), True)
+            if not isinstance(res, torch.Tensor):
+                return None
+            moving = [e for e in range(res.dim()) if res.shape[e] > 1 and not bool((res == res.narrow(e, 0, 1)).all())]
+            idx = tuple(slice(None) if d in moving else 0 for d in range(res.dim()))
+            if len(moving) == 1 and torch.equal(res[idx], torch.arange(src.shape[vd])):
+                if self.literal_size(node, moving[0], self.atoms.param(m, p, pd, src.shape[vd], "param")):
+                    lost = True  # a view to a literal size that slimming cannot update
+                else:
+                    sources.append((m, p, pd, moving[0]))
+            else:
+                lost = True
+        return ParamRef(tuple(out.shape), tuple(sources), lost)
+
+    def cut_by_attribute(self, node: fx.Node, x: Ann) -> bool:
+        """A fixed cut of the channel dim whose sizes are attributes of the module making the call, read by
+        its forward: ``torch.split(x, self.splits, 1)`` (mixnet), ``x.split(self.width, 1)`` (equal parts),
+        ``x[:, :self.num_1x1_c]`` (dpn, rexnet's partial residual). Slimming then writes the kept counts into
+        those attributes (``ChannelGraph.size_attrs``). Equal parts are pruned alike (channel i of each part
+        together); several cuts by one attribute keep the same count before the cut (their prefixes are
+        coupled). Returns False (the caller freezes) for anything else."""
+        owner_name = node.meta.get("pk_scope")
+        owner = self.modules.get(owner_name) if owner_name is not None else None
+        if owner is None:
+            return False
+        source = _forward_source(type(owner))
+
+        def attr_of(value: Any) -> str | None:
+            names = [k for k, v in vars(owner).items() if not k.startswith("_") and type(v) is type(value)
+                     and v == value and f"self.{k}" in source]  # fmt: skip
+            return names[0] if len(names) == 1 else None
+
+        c, t = x.size, node.target
+        if t in ("split", torch.split):
+            sizes = node.kwargs.get("split_size_or_sections", node.kwargs.get("split_size"))
+            sizes = node.args[1] if sizes is None and len(node.args) > 1 else sizes
+            dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0)
+            inp = self.values.get(node.args[0])
+            if not isinstance(dim, int) or dim % inp.dim() != x.dim:
+                return False
+            if isinstance(sizes, (list, tuple)) and all(isinstance(v, int) for v in sizes) and sum(sizes) == c:
+                name = attr_of(list(sizes)) or attr_of(tuple(sizes))
+                if name is None:
+                    return False
+                start = 0
+                for i, n in enumerate(sizes):
+                    self.size_attr(owner_name, name, i, x.atoms[start : start + n])
+                    start += n
+                return True
+            if isinstance(sizes, int) and 0 < sizes < c and c % sizes == 0:
+                name = attr_of(sizes)
+                if name is None:
+                    return False
+                parts = x.atoms.view(c // sizes, sizes)
+                for k in range(1, len(parts)):
+                    self.atoms.union(parts[k], parts[0])
+                self.size_attr(owner_name, name, None, parts[0])
+                return True
+            return False
+        if t is operator.getitem and isinstance(node.args[1], tuple) and len(node.args[1]) > x.dim:
+            sl = node.args[1][x.dim]
+            if not isinstance(sl, slice) or sl.step not in (None, 1) or Ellipsis in node.args[1][: x.dim]:
+                return False
+            for bound in (sl.start, sl.stop):
+                if bound is None or bound == 0 or (isinstance(bound, int) and bound >= c):
+                    continue
+                name = attr_of(bound) if isinstance(bound, int) and bound > 0 else None
+                if name is None:
+                    return False
+                self.size_attr(owner_name, name, None, x.atoms[:bound])
+            return True
+        return False
+
+    def size_attr(self, module: str, attr: str, index: int | None, atoms: torch.Tensor) -> None:
+        """Slimming writes the kept count of ``atoms`` into ``module.attr`` (at ``index`` of a list)."""
+        key = f"_pk_size:{attr}" + ("" if index is None else f":{index}")
+        self.atoms.union(self.atoms.param(module, key, 0, len(atoms), "stat"), atoms)
+        self.size_attrs.append((module, attr, index, key))
+
+    def literal_size(self, node: fx.Node, dim: int, atoms: torch.Tensor) -> bool:
+        """Whether a view/reshape gives the channels ``atoms`` (at ``dim`` of its result) a size written as a
+        number, which slimming would leave too large. When the whole size list is an attribute of the module
+        making the call (MetaFormer's ``self.scale.view(self.shape)``), slimming updates that attribute
+        instead (``ChannelGraph.size_attrs``), and the size is not fixed."""
+        sizes = _view_sizes(node)
+        if sizes is None or len(sizes) <= dim or not _is_literal(sizes[dim]):
+            return False
+        owner_name = node.meta.get("pk_scope")
+        owner = self.modules.get(owner_name) if owner_name is not None else None
+        if owner is None or not all(isinstance(v, int) for v in sizes):
+            return True
+        # the attribute must hold these sizes and be read by the module's own forward (a literal in the code
+        # that happens to equal an attribute is not it)
+        source = _forward_source(type(owner))
+        names = [k for k, v in vars(owner).items() if not k.startswith("_") and isinstance(v, (tuple, list))
+                 and list(v) == list(sizes) and f"self.{k}" in source]  # fmt: skip
+        if len(names) != 1:
+            return True
+        self.size_attr(owner_name, names[0], dim, atoms)
+        return False
 
     def move(self, node: fx.Node) -> Any:
         """Data-movement ops (view, permute, flatten, slicing, chunk...): run the op on a tensor of channel
@@ -452,6 +881,8 @@ class Propagator:
         inp = self.values.get(src) if isinstance(src, fx.Node) else None
         if len(anns) != 1 or not isinstance(x, Ann) or not isinstance(inp, torch.Tensor):
             return self.unknown(node)
+        if not self.check_sizes(node, x):
+            return None
         shape = [1] * inp.dim()
         if x.spread is None:
             shape[x.dim] = x.size
@@ -479,6 +910,12 @@ class Propagator:
             # a part of the channel dim is taken: after slimming the cut would fall elsewhere
             if _is_chunk(node) and len({r.shape for r in parts}) == 1:
                 return self.couple_chunks(node, x, parts)
+            if x.spread is None and self.cut_by_attribute(node, x):
+                return (
+                    tuple(self.read_labels(node, x, r) for r in res)
+                    if isinstance(res, (list, tuple))
+                    else (self.read_labels(node, x, res))
+                )
             why = f"{self.describe(node)} takes a fixed part of the channel dim; slimming would move the cut"
             return self.unknown(node, why)
         if isinstance(res, torch.Tensor):
@@ -488,7 +925,7 @@ class Propagator:
             sizes = _view_sizes(node)
             if ann is not None and ann.spread is None and sizes is not None and len(sizes) == res.dim():
                 n = sizes[ann.dim]
-                if _is_literal(n):
+                if self.literal_size(node, ann.dim, ann.atoms):
                     why = f"{self.describe(node)} reshapes the channels into a fixed size ({n})"
                     return self.unknown(node, why + ": slimming would break it")
             return ann
@@ -601,3 +1038,53 @@ def _reads_params(node: fx.Node, env: dict[fx.Node, Any]) -> bool:
     found = []
     fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(isinstance(env.get(n), ParamRef)) or n)
     return any(found)
+
+
+_NORM_FUNCTIONS = CHANNEL_NORM_FUNCTIONS | LAYER_NORM_FUNCTIONS | GROUP_NORM_FUNCTIONS
+
+
+def _norm_kind(fn: Any) -> str:
+    if fn in LAYER_NORM_FUNCTIONS:
+        return "layer_norm"
+    if fn in GROUP_NORM_FUNCTIONS:
+        return "group_norm"
+    return "instance_norm" if fn in (F.instance_norm, torch.instance_norm) else "batch_norm"
+
+
+def _module_params(name: str, m: nn.Module, names: tuple[str, ...]) -> list[ParamRef | None]:
+    """A module's own 1-d tensors as parameter values (None where absent)."""
+    out: list[ParamRef | None] = []
+    for p in names:
+        t = getattr(m, p, None)
+        out.append(ParamRef(tuple(t.shape), ((name, p, 0, 0),)) if isinstance(t, torch.Tensor) else None)
+    return out
+
+
+def _param_refs(node: fx.Node, env: dict[fx.Node, Any]) -> list[ParamRef]:
+    found: list[ParamRef] = []
+    fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(env[n]) if isinstance(env.get(n), ParamRef) else n)
+    return found
+
+
+def _reduce_args(node: fx.Node) -> tuple[Any, bool]:
+    """(dim, keepdim) of a reduction node; ``norm`` takes ``p`` before ``dim``."""
+    a = list(node.args[1:])
+    if node.target in ("norm", torch.norm):
+        a = a[1:]
+    dim = node.kwargs.get("dim", a[0] if a else None)
+    keep = node.kwargs.get("keepdim", a[1] if len(a) > 1 else False)
+    return dim, bool(keep)
+
+
+def _node_args(node: fx.Node) -> list[fx.Node]:
+    found: list[fx.Node] = []
+    fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)
+    return found
+
+
+@functools.cache
+def _forward_source(cls: type) -> str:
+    try:
+        return inspect.getsource(cls.forward)
+    except (OSError, TypeError):
+        return ""

@@ -7,11 +7,12 @@ from __future__ import annotations
 import operator
 import traceback
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 from . import shapes
@@ -21,16 +22,84 @@ class GraphBuildError(RuntimeError):
     """The channel graph cannot be built for this model or these inputs."""
 
 
+# ops that compute statistics over a dimension: where that dimension holds channels, the masked model must
+# compute them over the kept channels only (graphs/masked.py). Each such node is tagged with the module whose
+# forward makes the call and its ordinal among that forward's calls of the same op (``node.meta["pk_site"]``),
+# so the call can be found again in a trace of that module alone.
+STAT_FUNCTIONS: dict[Any, str] = {
+    F.layer_norm: "layer_norm", torch.layer_norm: "layer_norm", F.group_norm: "group_norm",
+    torch.group_norm: "group_norm", torch.mean: "mean", torch.sum: "sum", torch.amax: "amax", torch.amin: "amin",
+    torch.var: "var", torch.std: "std", torch.var_mean: "var_mean", torch.norm: "norm",
+}  # fmt: skip
+STAT_METHODS = {
+    "mean": "mean",
+    "sum": "sum",
+    "amax": "amax",
+    "amin": "amin",
+    "var": "var",
+    "std": "std",
+    "norm": "norm",
+}
+
+
+_SCOPED = {"view", "reshape", torch.reshape, "split", torch.split, operator.getitem}
+
+
+def stat_key(node: fx.Node) -> str | None:
+    """The statistics op a node calls ("layer_norm", "mean", ...), or None."""
+    if node.op == "call_function":
+        return STAT_FUNCTIONS.get(node.target)
+    if node.op == "call_method":
+        return STAT_METHODS.get(node.target)
+    return None
+
+
 class _Tracer(fx.Tracer):
-    def __init__(self, leaf_types: tuple[type, ...], leaf_names: set[str]):
+    def __init__(self, leaf_types: tuple[type, ...], leaf_names: set[str], all_children_leaves: bool = False):
         super().__init__()
+        # buffers read in a traced forward become get_attr nodes (as parameters do), so arithmetic on them is
+        # traced (FrozenBatchNorm2d) instead of folded into an anonymous constant
+        self.proxy_buffer_attributes = True
         self.leaf_types = leaf_types
         self.leaf_names = leaf_names
+        self.all_children_leaves = all_children_leaves
         self.pk_stack: list[tuple[str, str]] = []
+        self.pk_counts: list[dict[str, int]] = [{}]  # per module call: how many calls of each statistics op
         self.failed_in: tuple[str, str] | None = None
 
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        # fx looks a parameter or buffer up by scanning every named tensor of the model at each access
+        # (quadratic on timm models, whose norm layers are traced into); one dict of ids instead
+        if isinstance(attr_val, torch.Tensor):
+            names = self.__dict__.get("_pk_names")
+            if names is None:
+                names = self._pk_names = {}
+                for n, t in [*self.root.named_buffers(), *self.root.named_parameters()]:
+                    names[id(t)] = n  # a parameter's name wins over a buffer's, as in fx
+            n = names.get(id(attr_val))
+            if n is not None:
+                if n not in parameter_proxy_cache:
+                    parameter_proxy_cache[n] = self.create_proxy("get_attr", n, (), {})
+                return parameter_proxy_cache[n]
+        return attr_val
+
+    def create_node(self, kind, target, args, kwargs, name=None, type_expr=None):  # type: ignore[override]
+        node = super().create_node(kind, target, args, kwargs, name, type_expr)
+        if target in _SCOPED:  # views: slimming may have to update the size attribute of the calling module
+            node.meta["pk_scope"] = self.pk_stack[-1][0] if self.pk_stack else ""
+        key = stat_key(node)
+        if key is not None:
+            counts = self.pk_counts[-1]
+            k = counts[key] = counts.get(key, -1) + 1
+            node.meta["pk_site"] = (self.pk_stack[-1][0] if self.pk_stack else "", key, k)
+        return node
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if qualname in self.leaf_names or (self.leaf_types and isinstance(m, self.leaf_types)):
+        if (
+            self.all_children_leaves
+            or qualname in self.leaf_names
+            or (self.leaf_types and isinstance(m, self.leaf_types))
+        ):
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -39,6 +108,7 @@ class _Tracer(fx.Tracer):
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
         qualname = self.path_of_module(m)
         self.pk_stack.append((qualname, type(m).__name__))
+        self.pk_counts.append({})
         try:
             if self.is_leaf_module(m, qualname):
                 return self.create_proxy("call_module", qualname, args, kwargs)
@@ -49,6 +119,7 @@ class _Tracer(fx.Tracer):
             raise
         finally:
             self.pk_stack.pop()
+            self.pk_counts.pop()
 
     def create_arg(self, a: Any) -> Any:
         # the common argument types first: fx's generic version tests a dozen cases for each
@@ -89,6 +160,7 @@ class Traced:
     root: nn.Module
     graph: fx.Graph
     modules: dict[str, nn.Module]  # qualified name -> submodule, as root.named_modules() gives them
+    opaque: dict[str, str] = field(default_factory=dict)  # submodules kept whole because fx failed in them: why
 
 
 def trace(model: nn.Module, leaf_modules: Iterable[type | str] = ()) -> Traced:
@@ -102,21 +174,60 @@ def trace(model: nn.Module, leaf_modules: Iterable[type | str] = ()) -> Traced:
     unknown = sorted(n for n in leaf_names if n not in modules)
     if unknown:
         raise GraphBuildError(f"leaf_modules names {unknown} that are not submodules of the model")
-    tracer = _Tracer(leaf_types, leaf_names)
+    opaque: dict[str, str] = {}
+    # traced in eval mode: a forward that reads ``self.training`` (timm's BatchNormAct2d passes it to
+    # F.batch_norm) is recorded as it runs at inference, which is what the shapes are recorded in
+    training = [m for m in modules.values() if m.training]
+    for m in training:
+        m.training = False
     try:
-        graph = tracer.trace(model)
-    except Exception as e:  # fx raises many types; re-raise one that says where and what to do
-        where = tracer.failed_in or ("", type(model).__name__)
-        frame = _user_frame(e)
-        name = where[0] or "<root>"
-        raise GraphBuildError(
-            f"torch.fx cannot trace the model: in module {name!r} ({where[1]}){frame}: "
-            f"{type(e).__name__}: {e}\n"
-            f"If that module cannot be traced (data-dependent control flow, non-torch calls), keep it opaque "
-            f"with build_graph(..., leaf_modules=[{where[1]}]) or leaf_modules=['{name}']; its channels are "
-            f"then frozen at its boundary."
-        ) from e
-    return Traced(tracer.root, graph, modules)
+        return _trace_keeping_opaque(model, modules, leaf_types, leaf_names, opaque)
+    finally:
+        for m in training:
+            m.training = True
+
+
+def _trace_keeping_opaque(
+    model: nn.Module,
+    modules: dict[str, nn.Module],
+    leaf_types: tuple[type, ...],
+    leaf_names: set[str],
+    opaque: dict[str, str],
+) -> Traced:
+    while True:
+        tracer = _Tracer(leaf_types, leaf_names | set(opaque))
+        try:
+            graph = tracer.trace(model)
+            return Traced(tracer.root, graph, modules, opaque)
+        except Exception as e:  # fx raises many types
+            where = tracer.failed_in
+            why = f"{type(e).__name__}: {_first_line(e)}{_user_frame(e)}"
+            if where is None or not where[0] or where[0] in opaque or len(opaque) >= MAX_OPAQUE:
+                raise _trace_error(model, where, why) from e
+            # a submodule fx cannot follow is kept whole (its boundary channels frozen); the rest is traced
+            opaque[where[0]] = f"{where[1]}: {why}"
+
+
+MAX_OPAQUE = 256
+
+
+def _first_line(e: BaseException) -> str:
+    """The message of an fx error without its trailing advice ("Original traceback: None", tlparse...)."""
+    return (str(e).strip().splitlines() or [""])[0]
+
+
+def _trace_error(model: nn.Module, where: tuple[str, str] | None, why: str) -> GraphBuildError:
+    if where is None or not where[0]:
+        return GraphBuildError(
+            f"torch.fx cannot trace the forward of {type(model).__name__} itself: {why}. Submodules fx cannot "
+            f"trace are kept whole automatically, but the top-level forward must be traceable: move the "
+            f"data-dependent or non-torch code into a submodule (it is then kept whole, its channels frozen at "
+            f"its boundary)"
+        )
+    return GraphBuildError(
+        f"torch.fx cannot trace the model: in module {where[0]!r} ({where[1]}): {why}. Mark it opaque with "
+        f"leaf_modules=['{where[0]}'] (CLI: --leaf-modules {where[0]}); its channels are then frozen at its boundary"
+    )
 
 
 def _user_frame(e: BaseException) -> str:
@@ -244,7 +355,10 @@ def record(traced: Traced, example_inputs: tuple[Any, ...]) -> dict[fx.Node, Any
             except GraphBuildError:
                 pass  # an op without a meta kernel, or data-dependent: run it for real (and report that error)
             rec = _Recorder(traced)
-            rec.run(*example_inputs)
+            try:
+                rec.run(*example_inputs)
+            except GraphBuildError as e:  # without the notes fx's interpreter adds ("Original traceback: None")
+                raise GraphBuildError(str(e)) from e.__cause__
             return rec.values
     finally:
         for m in training:

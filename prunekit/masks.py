@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit.graphs import ChannelGraph
+from prunekit.graphs import ChannelGraph, masked
 from prunekit.graphs.graph import lookup_tensor as tensor_of
 from prunekit.graphs.trace import unwrap
 
@@ -42,4 +42,25 @@ def apply_masks(model: nn.Module, graph: ChannelGraph, keep: dict[str, Any]) -> 
                     "was the graph built on this model (and before it was slimmed)?"
                 )
             t.index_fill_(dim, pos.to(t.device), 0)
+    apply_stat_masks(bare, graph, keep)
     return model
+
+
+def apply_stat_masks(model: nn.Module, graph: ChannelGraph, keep: dict[str, Any]) -> None:
+    """Make every statistics over channels (LayerNorm over channels, GroupNorm with one group, a mean over
+    channels) use only the channels ``keep`` keeps, as the slimmed model does (graphs/masked.py)."""
+    if not graph.stats:
+        return
+    keep = graph.validate_keep(keep)
+    masks = graph.stat_masks(keep)
+    owners: dict[str, bool] = {}
+    for site in graph.stats:
+        mod = model.get_submodule(site.module) if site.module else model
+        mask = masks[(site.module, site.buffer)]
+        pruned = not bool(mask.all())
+        owners[site.module] = owners.get(site.module, False) or pruned
+        if pruned or masked.installed(mod):
+            masked.install(mod, site, mask)
+    for name, pruned in owners.items():
+        if not pruned:  # nothing pruned there: the module's own forward again
+            masked.remove(model.get_submodule(name) if name else model)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit.graphs import ChannelGraph
+from prunekit.graphs import ChannelGraph, masked
 from prunekit.graphs.trace import unwrap
 
 from .masks import pruned_positions, tensor_of
@@ -21,6 +21,23 @@ def slim(model: nn.Module, graph: ChannelGraph, keep: dict[str, Any]) -> nn.Modu
     ``slim(model, g, keep)(x)`` equals ``apply_masks(copy_of_model, g, keep)(x)`` (eval mode)."""
     small = copy.deepcopy(unwrap(model))
     positions = pruned_positions(graph, keep)
+    for site, mask in zip(graph.stats, graph.stat_masks(graph.validate_keep(keep)).values()):
+        owner = small.get_submodule(site.module) if site.module else small
+        masked.remove(owner)  # the slimmed model computes its statistics over what is left
+        if site.kind == "layer_norm":  # normalized_shape, checked to be the module's attribute by the graph
+            shape = list(owner.normalized_shape)
+            shape[site.dim - site.extra["in_dims"] + len(shape)] = int(mask.sum())
+            owner.normalized_shape = tuple(shape)
+    valid = graph.validate_keep(keep)
+    for module, attr, index, key in graph.size_attrs:  # channel counts written in module attributes
+        owner = small.get_submodule(module) if module else small
+        old = getattr(owner, attr)
+        if index is None:
+            setattr(owner, attr, graph.kept_count(module, key, old, valid))
+        else:
+            new = list(old)
+            new[index] = graph.kept_count(module, key, old[index], valid)
+            setattr(owner, attr, type(old)(new))
     touched: dict[str, dict[str, torch.Tensor]] = {}
     with torch.no_grad():
         for (module, param), dims in positions.items():
@@ -72,7 +89,11 @@ def _fix_attributes(mod: nn.Module, before: dict[str, tuple[int, ...]]) -> None:
     elif isinstance(mod, (nn.modules.batchnorm._NormBase,)):
         ref = mod.weight if mod.weight is not None else mod.running_mean
         mod.num_features = ref.shape[0]
-    elif isinstance(mod, nn.GroupNorm):
-        mod.num_channels = mod.num_groups = mod.weight.shape[0]
+    elif isinstance(mod, nn.GroupNorm):  # whole groups go (or channels, with one group or one per channel)
+        old = before.get("weight", mod.weight.shape)[0]
+        mod.num_groups = mod.num_groups * mod.weight.shape[0] // old if mod.num_groups > 1 else 1
+        mod.num_channels = mod.weight.shape[0]
+    elif isinstance(mod, nn.LayerNorm) and mod.weight is not None:
+        mod.normalized_shape = tuple(mod.weight.shape)
     elif isinstance(mod, nn.PReLU):
         mod.num_parameters = mod.weight.shape[0]

@@ -217,15 +217,13 @@ class GroupedOverConcat(nn.Module):
         return self.c(self.g(torch.cat([x, self.b(x)], 1)))
 
 
-def test_units_that_could_empty_a_layer_freeze_the_group():
-    # keeping only the second unit would leave conv a no output channel (found by the random-CNN test)
+def test_units_that_could_empty_a_layer_split_the_group_into_parts():
+    # keeping only the second unit would leave conv a no output channel (found by the random-CNN test): the
+    # group is split into parts that each layer holds whole, and every part keeps a channel
     g = assert_equivalent(GroupedOverConcat(), torch.randn(2, 3, 8, 8))
-    grp = group_of(g, "a.0")
-    assert grp is group_of(g, "b.0") is group_of(g, "g") and grp.size == 2  # one channel per unit
-    assert grp.frozen and grp.reasons == [
-        "channels are pruned in units that could remove every channel of a.0.weight dim 0 "
-        "(it holds 1 of the group's 2)"
-    ]
+    a, b = group_of(g, "a.0"), group_of(g, "b.0")
+    assert a is not b and not a.frozen and not b.frozen and a.size == b.size == 1  # one unit each
+    assert b.id == "a.0#part1" and a.producers == ["a.0", "g"] and b.producers == ["b.0", "g"]
 
 
 class ChunkOverDense(nn.Module):
@@ -245,10 +243,14 @@ class ChunkOverDense(nn.Module):
         return self.head(x1 + x2)
 
 
-def test_chunk_over_dense_concat_that_could_empty_a_layer_is_frozen():
+def test_chunk_over_dense_concat_is_split_into_parts_no_layer_can_lose():
     g = assert_equivalent(ChunkOverDense(), torch.randn(2, 3, 8, 8))
-    grp = group_of(g, "b.0")
-    assert grp.frozen and "could remove every channel of" in grp.reasons[0], grp.reasons
+    for layer in ("a.0", "b.0", "c.0"):
+        assert not group_of(g, layer).frozen
+    # every layer holds whole parts: a keep mask that keeps one channel per group never empties a layer
+    for grp in g.groups:
+        for m in grp.members:
+            assert len(set(m.channels.tolist())) in (0, grp.size), (grp.id, m.describe())
 
 
 class FixedSlice(nn.Module):
@@ -262,6 +264,7 @@ class FixedSlice(nn.Module):
 
 
 def test_fixed_channel_slice_is_frozen_with_reason():
+    # a literal bound in the code: slimming cannot move it (tests/test_graph_splits.py has the attribute forms)
     g = assert_equivalent(FixedSlice(), torch.randn(2, 3, 8, 8))
     grp = group_of(g, "a.0")
     assert grp.frozen and "fixed part of the channel dim" in grp.reasons[0] and "getitem" in grp.reasons[0]
@@ -295,10 +298,12 @@ class ChannelLN(nn.Module):
         return self.fc(self.ln(self.a(x).permute(0, 2, 3, 1)))
 
 
-def test_layernorm_over_channels_is_frozen():
-    g = pk.build_graph(ChannelLN(), torch.randn(1, 3, 4, 4))
+def test_layernorm_over_channels_is_pruned_exactly():
+    # the masked model normalizes over the kept channels only (tests/test_graph_norms.py has the rest)
+    g = assert_equivalent(ChannelLN(), torch.randn(2, 3, 4, 4))
     grp = group_of(g, "a")
-    assert grp.frozen and "LayerNorm" in grp.reasons[0] and "ln" in grp.reasons[0]
+    assert not grp.frozen and ("ln", "weight", 0) in members(g, grp.id, "norm")
+    assert [(s.module, s.kind) for s in g.stats] == [("ln", "layer_norm")]
 
 
 @torch.fx.wrap
@@ -337,12 +342,29 @@ class UsesDataDependent(nn.Module):
         return self.d(self.c(self.dd(self.a(x))))
 
 
-def test_untraceable_module_error_names_it_and_leaf_modules_fixes_it():
+class RootDataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+
+    def forward(self, x):
+        x = self.a(x)
+        return x * 2 if x.sum() > 0 else x
+
+
+def test_untraceable_submodule_is_kept_whole_and_the_rest_prunes():
     model = UsesDataDependent()
+    g = pk.build_graph(model, torch.randn(1, 3, 4, 4))
+    assert list(g.opaque) == ["dd"] and "DataDependent" in g.opaque["dd"] and "test_graph_rules.py" in g.opaque["dd"]
+    assert "opaque" in g.summary() and "dd" in g.summary()
+    assert group_of(g, "a").frozen and "dd" in group_of(g, "a").reasons[0]
+    assert not group_of(g, "c").frozen
+    assert_equivalent(model, torch.randn(2, 3, 4, 4))
+    # the top-level forward itself must trace: the error says what to do instead of a useless leaf_modules
     with pytest.raises(pk.GraphBuildError) as e:
-        pk.build_graph(model, torch.randn(1, 3, 4, 4))
+        pk.build_graph(RootDataDependent(), torch.randn(1, 3, 4, 4))
     msg = str(e.value)
-    assert "'dd'" in msg and "DataDependent" in msg and "leaf_modules" in msg and "test_graph_rules.py" in msg
+    assert "RootDataDependent" in msg and "submodule" in msg and "Original traceback" not in msg
     for leaf in ([DataDependent], ["dd"]):
         g = pk.build_graph(model, torch.randn(1, 3, 4, 4), leaf_modules=leaf)
         assert group_of(g, "a").frozen and "dd" in group_of(g, "a").reasons[0]

@@ -30,13 +30,8 @@ TP_FAILS = {
 }
 
 # Channels TP prunes that we freeze. Allowed only as a coverage difference: on the channels both sides
-# prune, the partition must still be identical, and we never prune a channel TP does not.
-LAYERNORM_STREAM = (
-    "ConvNeXt's residual stream passes through LayerNorm over the channel dim (LayerNorm2d, and nn.LayerNorm "
-    "after a permute): TP prunes the LayerNorm's weight and bias, which changes the statistics the norm "
-    "computes, so its pruned model is not the masked model. We freeze that stream (and with it the stem, "
-    "the downsampling convs, every block's depthwise conv and second linear layer, which live on it)."
-)
+# prune, the partition must still be identical, and we never prune a channel TP does not. (ConvNeXt's
+# LayerNorm stream was here until the masked model learned to normalize over the kept channels.)
 # Grouped convs (not depthwise): we prune them by whole groups, TP channel by channel. On these models our
 # partition is coarser than TP's, and every coarser set runs through a grouped conv.
 GROUPED_CONV = (
@@ -51,12 +46,7 @@ OURS_COARSER_ALLOWED = {
     if name.startswith(("regnet_", "resnext")) and name not in SKIP
 }
 
-ONLY_TP_ALLOWED = {
-    "convnext_tiny": LAYERNORM_STREAM,
-    "convnext_small": LAYERNORM_STREAM,
-    "convnext_base": LAYERNORM_STREAM,
-    "convnext_large": LAYERNORM_STREAM,
-}
+ONLY_TP_ALLOWED: dict[str, str] = {}
 
 
 def cnn_names():
