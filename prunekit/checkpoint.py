@@ -4,8 +4,10 @@ killed mid-write) never sees a half-written file.
 
 Checkpoints hold the complete training state (model, optimizer, scheduler, grad scaler, controller:
 masks, MRU values, step, strategy state and RNG; the global RNG states; the position in the epoch;
-the metrics so far). They are trusted files written by prunekit and are loaded with
-``weights_only=False`` (they carry RNG states as Python objects).
+the metrics so far). Everything in them is tensors and plain data, so they load with
+``weights_only=True``: opening a run directory someone sent never unpickles (runs) arbitrary objects.
+Checkpoints of the first format (older prunekit: RNG states as pickled numpy/Python objects) and
+anything else that needs the full unpickler load only with ``trust=True`` (CLI ``--trust-checkpoint``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import csv
 import io
 import json
 import os
+import pickle
 import random
+import re
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +28,8 @@ import torch
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_INFO = "checkpoint.json"
+FORMAT = "prunekit-checkpoint/2"  # tensors and plain data only
+OLD_FORMATS = ("prunekit-checkpoint/1",)  # pickled RNG objects: loaded only when trusted
 
 
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
@@ -82,21 +88,29 @@ def write_csv(path: str, rows: list[dict[str, Any]]) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    """The global RNG states: torch CPU, every CUDA device, numpy, Python's random."""
+    """The global RNG states (torch CPU, every CUDA device, numpy, Python's random) as tensors and plain
+    data, so that a checkpoint holding them loads with ``weights_only=True``."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()  # ("MT19937", uint32[624], int, int, float)
+    version, internal, gauss_next = random.getstate()  # (3, 625 ints, float | None)
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "gauss": gauss},
+        "python": [version, list(internal), gauss_next],
     }
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore ``rng_state()`` (or the Python objects that checkpoints of the first format hold)."""
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    npst = state["numpy"]
+    if isinstance(npst, dict):
+        npst = ("MT19937", npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["gauss"])
+    np.random.set_state(npst)
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
 
 
 def save_checkpoint(run_dir: str, state: dict[str, Any]) -> str:
@@ -104,19 +118,38 @@ def save_checkpoint(run_dir: str, state: dict[str, Any]) -> str:
     (epoch, batch, step) that tools and tests can poll without unpickling."""
     path = os.path.join(run_dir, CHECKPOINT)
     atomic_write(path, lambda tmp: torch.save(state, tmp))
-    info = {k: state[k] for k in ("epoch", "batch", "step") if k in state}
+    info = {k: state[k] for k in ("format", "epoch", "batch", "step") if k in state}
     write_json(os.path.join(run_dir, CHECKPOINT_INFO), info)
     return path
 
 
-def load_checkpoint(run_dir: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(run_dir: str, map_location: str | torch.device = "cpu", trust: bool = False) -> dict[str, Any]:
+    """The checkpoint of ``run_dir``, read with ``weights_only=True``. ``trust=True`` uses the full
+    unpickler instead, which runs whatever code the file names: only for checkpoints you wrote yourself
+    (the first format needs it). Raises ValueError (one line) for a file that is unsafe or not a checkpoint."""
     path = os.path.join(run_dir, CHECKPOINT)
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"no checkpoint in {run_dir} ({CHECKPOINT} missing): was it written by `prunekit run`, and did "
             "the run get through at least one checkpoint?"
         )
-    return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=not trust)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = found.group(1) if found else "not tensors or plain data"
+        raise ValueError(
+            f"{path} holds pickled Python objects ({what}) that loading would run: it was written by an older "
+            "prunekit (checkpoint format 1), or crafted. If you wrote it yourself, pass --trust-checkpoint "
+            "(Python: trust_checkpoint=True), which runs the code pickled in it"
+        ) from None
+    except (RuntimeError, EOFError) as e:
+        first = str(e).splitlines()[0] if str(e) else repr(e)
+        raise ValueError(f"{path} cannot be read as a checkpoint: {first}") from None
+    fmt = blob.get("format") if isinstance(blob, dict) else None
+    if fmt != FORMAT and not (trust and fmt in OLD_FORMATS):
+        raise ValueError(f"{path} is not a prunekit checkpoint of format {FORMAT!r} (found {fmt!r})")
+    return blob
 
 
 __all__ = [
