@@ -5,6 +5,14 @@
     .venv/bin/python benchmarks/fmnist_accuracy.py --epochs 15 --train-subset 20000 --seeds 3 --threads 2
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fmnist_accuracy.py --jobs 2     # two runs at a time
     ... --strategies chex magnitude --variant chex_once=chex --param chex_once.explore=false   # an ablation
+    # the 5-seed comparison at 70% MACs reduction, full test set (docs/results/fmnist_accuracy_5seed.md),
+    # 35 runs of ~12 min on one thread; the same command restarts it where it stopped (--resume):
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fmnist_accuracy.py --epochs 15 --train-subset 5000 \
+        --seeds 5 --targets 0.7 --threads 1 --jobs 1 --strategies chex magnitude random \
+        --variant magnitude_half=magnitude --param magnitude_half.at=0.5 \
+        --variant magnitude_gradual=magnitude --param magnitude_gradual.at=0.1 \
+        --param magnitude_gradual.end=0.6 --variant chex_fixed=chex --param chex_fixed.coupled=fixed \
+        --name fmnist_accuracy_5seed --resume
 
 Fashion-MNIST (the IDX files of Debian's dataset-fashion-mnist, /usr/share/datasets/fashion-mnist) and the
 CIFAR-style ResNet-20 on 1x28x28, with the recipe of configs/fashion_mnist_resnet20.yaml (SGD + Nesterov,
@@ -21,11 +29,14 @@ model, so every run costs about the same: on one thread of a shared 2-core AMD E
 image and ~1.4 ms per test image per epoch, i.e. the defaults take ~5 h there; ``--quick`` ~1.5 min.
 ``--jobs N`` runs N of them at a time, each in its own process (results are the same: every run is seeded).
 
-Writes ``fmnist_accuracy.json`` (every run, per target x strategy summaries, machine, versions, command)
-and ``fmnist_accuracy.md`` (tables and a "what we found" section computed from the numbers) to ``--out``
+Every comparison to chex is the paired (same-seed) difference with its 95% t-interval, judged by the one
+rule of ``benchmarks/stats.py`` (printed on the page). Writes ``fmnist_accuracy.json`` (every run, per
+target x strategy summaries and comparisons, machine, versions, command) and ``fmnist_accuracy.md``
+(tables and a "what we found" section computed from the numbers) to ``--out``
 (default docs/results/; ``--name`` changes the file names), after every run, so an interrupted benchmark
 leaves its partial results; ``--resume`` reads them back and runs only what is missing or failed (the
-settings that decide a run's result must be the same, else it stops and says which differ).
+settings that decide a run's result must be the same, else it stops and says which differ; without an
+earlier file it starts from scratch, so one command both starts and restarts a long benchmark).
 """
 
 from __future__ import annotations
@@ -49,6 +60,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from bench_common import command_block, command_line, machine_info  # noqa: E402
+from stats import RULE, describe, paired_comparison  # noqa: E402
 
 import prunekit as pk  # noqa: E402
 from prunekit.config import load_config  # noqa: E402
@@ -196,29 +208,25 @@ def summarize(rows: list[dict], targets: list[float], strategies: list[str]) -> 
     return out
 
 
-def compare_pair(a: dict, b: dict) -> dict[str, Any] | None:
-    """Paired (same seed) difference a - b in top-1 points."""
-    seeds = sorted(set(a["top1_by_seed"]) & set(b["top1_by_seed"]))
-    if not seeds:
-        return None
-    diffs = [a["top1_by_seed"][s] - b["top1_by_seed"][s] for s in seeds]
-    mean, sd = statistics.fmean(diffs), _std(diffs)
-    wins = sum(d > 0 for d in diffs)
-    if len(diffs) < 2:
-        verdict = "single seed"
-    elif wins == len(diffs) and sd is not None and mean > sd:
-        verdict = "better"
-    elif wins == 0 and sd is not None and -mean > sd and all(d < 0 for d in diffs):
-        verdict = "worse"
-    else:
-        verdict = "no clear difference"
-    return {"diff_mean": mean, "diff_std": sd, "wins": wins, "n": len(diffs), "verdict": verdict}
+def comparisons(summary: dict[str, Any], strategies: list[str], base: str = "chex") -> dict[str, dict]:
+    """{target: {strategy: paired_comparison(strategy, base)}} for every strategy with a finished run."""
+    out: dict[str, dict] = {}
+    for t, per in summary["targets"].items():
+        if per.get(base, {}).get("top1_mean") is None:
+            continue
+        out[t] = {}
+        for other in [s for s in strategies if s != base and per.get(s, {}).get("top1_mean") is not None]:
+            c = paired_comparison(per[other]["top1_by_seed"], per[base]["top1_by_seed"])
+            if c is not None:
+                out[t][other] = c
+    return out
 
 
 def findings(summary: dict[str, Any], strategies: list[str]) -> list[str]:
-    """Plain-language statements computed from the summary."""
+    """Plain-language statements computed from the summary, with the rule of benchmarks/stats.py."""
     lines = []
     n_seeds = summary["dense"]["n"]
+    comp = summary.get("vs_chex", {})
     for t, per in summary["targets"].items():
         red = f"{float(t) * 100:g}% MACs reduction"
         done = {s: v for s, v in per.items() if v["top1_mean"] is not None}
@@ -228,32 +236,27 @@ def findings(summary: dict[str, Any], strategies: list[str]) -> list[str]:
         ranking = sorted(done, key=lambda s: -done[s]["top1_mean"])
         rank_txt = " > ".join(f"{s} {done[s]['top1_mean']:.2f}" for s in ranking)
         lines.append(f"At {red}, mean top-1 (%): {rank_txt}.")
-        if "chex" not in done:
-            continue
-        parts = []
-        for other in [s for s in strategies if s != "chex" and s in done]:
-            c = compare_pair(done["chex"], done[other])
-            if c is None:
-                continue
-            sign = f"{c['diff_mean']:+.2f} pp"
-            seeds = f"ahead in {c['wins']}/{c['n']} seeds"
+        decided, undecided = [], []
+        for other, c in comp.get(t, {}).items():
             if c["verdict"] == "better":
-                parts.append(f"beats {other} ({sign}, {seeds})")
+                decided.append(f"{other} is ahead of chex by {describe(c)}")
             elif c["verdict"] == "worse":
-                parts.append(f"is behind {other} ({sign}, {seeds})")
+                decided.append(f"{other} is behind chex by {describe(c)}")
             elif c["verdict"] == "single seed":
-                parts.append(f"vs {other}: {sign} (one seed, not separable from noise)")
+                undecided.append(f"{other} - chex {describe(c)} (one seed: cannot decide)")
             else:
-                sd = f", paired std {c['diff_std']:.2f}" if c["diff_std"] is not None else ""
-                parts.append(f"shows no clear difference to {other} ({sign}, {seeds}{sd})")
-        if parts:
-            lines.append(f"At {red}, CHEX " + "; ".join(parts) + ".")
+                undecided.append(f"{other} - chex {describe(c)}")
+        if decided:
+            lines.append(f"At {red}, the data decide: " + "; ".join(decided) + ".")
+        if undecided:
+            lines.append(
+                f"At {red}, the data cannot decide (no clear difference, the 95% interval contains 0): "
+                + "; ".join(undecided) + "."
+            )
     if n_seeds:
         lines.append(
-            "'Beats' means ahead in every seed by more than the standard deviation of the paired (same-seed) "
-            "differences; anything else is reported as no clear difference. Short training on a subset: "
-            "absolute accuracies are below fully trained Fashion-MNIST numbers, and rankings at this budget "
-            "need not carry over to long schedules."
+            RULE + " Short training on a subset: absolute accuracies are below fully trained Fashion-MNIST "
+            "numbers, and rankings at this budget need not carry over to long schedules."
         )
     return lines
 
@@ -282,18 +285,26 @@ def write(out: Path, data: dict[str, Any]) -> None:
         f"{s['epochs']} epoch(s) on the first {s['train_subset'] or 60000} training images, top-1 on "
         f"{s['test_subset'] or 10000} test images (final epoch), seeds {s['seeds']}. Recipe: "
         "`configs/fashion_mnist_resnet20.yaml` (SGD + Nesterov, lr 0.1, cosine with 1 warm-up epoch, wd 5e-4, "
-        "batch 128, crop + flip). Every strategy trains for the same epochs from the same initial weights "
+        "batch 128, crop + flip; no weight decay on BN parameters and biases, `train.decay_norm_and_bias: "
+        "false`, for every run). Every strategy trains for the same epochs from the same initial weights "
         "and data order as the dense run of its seed; pruned channels are masked during training and the "
         "final model is slimmed and measured.",
         "",
         "Strategies: **chex** (its defaults: exploration every 2 epochs until 72% of training, regrow "
-        "fraction 0.3 decaying on a cosine, pruned channels ranked by their last BN scale; BN statistics re-"
-        "estimated before evaluating an epoch with an event), **magnitude** (L1 norm of the filters, uniform "
-        "widths, pruned once before training), **random** (uniform widths, random channels), **tp_magnitude**"
-        " / **tp_bnscale** (Torch-Pruning's `MetaPruner` with `MagnitudeImportance(p=2)` / "
-        "`BNScaleImportance`, local ranking, its progressive 400-step schedule stopped where the MACs target "
-        "is met, choosing once before training: see `benchmarks/tp_strategies.py`; at initialization every BN"
-        " scale is 1, so tp_bnscale's choice is Torch-Pruning's tie order). The MACs target is met within 1% "
+        "fraction 0.3 decaying on a cosine, pruned channels ranked at gamma = 0 and residual streams by the "
+        "mean |gamma| of their BN layers; BN statistics re-estimated before evaluating an epoch with an event), "
+        "**magnitude** (L1 norm of the filters, uniform widths, pruned once before training unless a variant "
+        "sets `at`, or `at`/`end` for gradual pruning on Zhu & Gupta's cubic schedule: docs/strategies.md), "
+        "**random** (uniform widths, random channels, before training)"
+        + (
+            ", **tp_magnitude** / **tp_bnscale** (Torch-Pruning's `MetaPruner` with `MagnitudeImportance(p=2)` / "
+            "`BNScaleImportance`, local ranking, its progressive 400-step schedule stopped where the MACs target "
+            "is met, choosing once before training: see `benchmarks/tp_strategies.py`; at initialization every BN"
+            " scale is 1, so tp_bnscale's choice is Torch-Pruning's tie order)"
+            if set(TP_STRATEGIES) & {s["variants"].get(n, n) for n in s["strategies"]}
+            else ""
+        )
+        + ". The MACs target is met within 1% "
         "by every strategy (prunekit's bisection over the global sparsity); *MACs reduction* is measured on "
         "the slimmed model. Delta = mean over seeds of (strategy - dense of the same seed), in points.",
         "",
@@ -335,6 +346,26 @@ def write(out: Path, data: dict[str, Any]) -> None:
         errors = sorted({e for v in per.values() for e in v["errors"]})
         if errors:
             lines += ["", "Failures: " + "; ".join(f"`{e}`" for e in errors)]
+        comp = summ.get("vs_chex", {}).get(t, {})
+        if comp:
+            lines += [
+                "",
+                "Paired difference to chex (strategy - chex, same seeds), top-1 points:",
+                "",
+                "| strategy | seeds | mean difference | std | 95% t-interval | ahead of chex in | verdict |",
+                "|---|---:|---:|---:|---|---:|---|",
+            ]
+            for name, c in comp.items():
+                ci = "-" if c["ci95"] is None else f"[{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]"
+                verdict = {
+                    "better": "ahead of chex",
+                    "worse": "behind chex",
+                    "single seed": "one seed: cannot decide",
+                }.get(c["verdict"], "no clear difference (cannot decide)")
+                lines.append(
+                    f"| {name} | {c['n']} | {c['diff_mean']:+.2f} | {_fmt(c['diff_std'])} | {ci} "
+                    f"| {c['wins']}/{c['n']} | {verdict} |"
+                )
         lines.append("")
     lines += ["## What we found", ""] + [f"- {f}" for f in data["findings"]] + [""]
     lines += [
@@ -477,6 +508,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data["complete"] = len(data["runs"]) == data["runs_planned"]
         data["elapsed_s"] = time.perf_counter() - t_start
         data["summary"] = summarize(data["runs"], args.targets, args.strategies)
+        data["summary"]["vs_chex"] = comparisons(data["summary"], args.strategies)
         data["findings"] = findings(data["summary"], args.strategies)
         write(out, data)
 
@@ -500,11 +532,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 RESULT_SETTINGS = ("epochs", "train_subset", "test_subset", "params", "variants", "config", "quick", "device")
 
 
-def resumable_runs(path: Path, data: dict[str, Any], order: dict) -> tuple[list[dict], float, dict]:
+def resumable_runs(path: Path, data: dict[str, Any], order: dict) -> tuple[list[dict], float, dict | None]:
     """The finished rows of an earlier result file that belong to this plan, the time they took, and where they
     came from. Settings that would make those rows a different experiment are an error, not a silent mix."""
-    if not path.exists():
-        sys.exit(f"--resume: {path} does not exist; run without --resume first (or check --name and --out)")
+    if not path.exists():  # nothing to resume yet: the same command starts from scratch (and restarts it later)
+        print(f"--resume: {path} does not exist yet; starting from scratch", flush=True)
+        return [], 0.0, None
     try:
         old = json.loads(path.read_text())
         old_settings = old["settings"]

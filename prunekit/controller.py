@@ -11,10 +11,13 @@
 
 One event: snapshot the MRU values of live elements, resolve the budget to a global sparsity S (a MACs
 target by bisection over S with the strategy's own allocation), ``allocate`` at S - prune_slack,
-``prune`` every group, then (when the strategy asks for a regrow fraction d) ``allocate`` at S - d and
-``regrow`` the difference. Newly pruned elements are zeroed, regrown ones get their MRU values back, and
-the optimizer state of both is zeroed. Decisions draw from one seeded generator; under torch.distributed
-the masks of rank 0 are broadcast so every rank prunes the same channels.
+``prune`` every group among its active channels (a group allocated more than it has active keeps them all),
+then ``regrow`` the allocation's excess over the active channels plus, when the strategy asks for a regrow
+fraction d, the difference of ``allocate`` at S - d (groups held by a MACs bisection stay held in both).
+Newly pruned elements are zeroed, regrown ones get their MRU values back, and the optimizer state of both
+is zeroed. ``events`` records each event, with per-group counts (``groups``). Decisions draw from one
+seeded generator; under torch.distributed the masks of rank 0 are broadcast so every rank prunes the same
+channels.
 """
 
 from __future__ import annotations
@@ -180,14 +183,20 @@ class PruningController:
         state = self.state()
         self.mru.snapshot(self.model, old)
         target = self.resolve_sparsity(state)
+        state.sparsity = target
         slack = float(self.strategy.prune_slack(state))
         if not 0.0 <= slack < 1.0:
             raise ValueError(f"{name}.prune_slack() must be in [0, 1), got {slack}")
         s_prune = max(0.0, target - slack)
-        counts = self._allocate(state, s_prune, self.held if slack == 0 else None)
+        held = self.held if slack == 0 else None
+        counts = self._allocate(state, s_prune, held)
+        # the prune step keeps only active channels: a group allocated more than it has active keeps all of
+        # them, and the excess is regrown below (chosen by ``regrow`` like any regrowth, never kept silently)
+        active = {g.id: int(old[g.id].sum()) for g in self.graph.groups}
+        prune_k = {g: min(k, active[g]) for g, k in counts.items()}
         new: dict[str, torch.Tensor] = {}
         for grp in self.graph.groups:
-            k = counts[grp.id]
+            k = prune_k[grp.id]
             mask = torch.as_tensor(self.strategy.prune(state, grp, k)).cpu()
             if mask.dtype != torch.bool or mask.shape != (grp.size,):
                 raise ValueError(
@@ -199,24 +208,33 @@ class PruningController:
                     f"{name}.prune() kept {int(mask.sum())} channels of group {grp.id!r}; "
                     f"the allocation asked for exactly {k}"
                 )
+            if bool((mask & ~old[grp.id]).any()):
+                raise ValueError(
+                    f"{name}.prune() kept channels of group {grp.id!r} that were not active "
+                    f"({torch.nonzero(mask & ~old[grp.id]).flatten().tolist()[:8]}); prune chooses among the "
+                    "active channels, and pruned channels come back only through regrow()"
+                )
             new[grp.id] = mask
         delta = float(self.strategy.regrow_fraction(state))
         if not 0.0 <= delta < 1.0:
             raise ValueError(f"{name}.regrow_fraction() must be in [0, 1), got {delta}")
-        regrown = 0
-        if delta > 0:
-            wider = self._allocate(state, max(0.0, s_prune - delta))
+        # regrow count of group l: the regrow allocation at S - delta beyond k_l, plus the prune step's excess
+        wider = self._allocate(state, max(0.0, s_prune - delta), held) if delta > 0 else counts
+        asked = {g: max(0, wider[g] - counts[g]) + counts[g] - prune_k[g] for g in counts}
+        kept_by_prune = {g: int(m.sum()) for g, m in new.items()}
+        regrown_by = dict.fromkeys(new, 0)
+        if any(asked.values()):
             state.keep = new
             final = {}
             for grp in self.graph.groups:
                 mask = new[grp.id]
-                count = min(max(0, wider[grp.id] - counts[grp.id]), int((~mask).sum()))
+                count = min(asked[grp.id], int((~mask).sum()))
                 if count:
                     idx = as_index(self.strategy.regrow(state, grp, count))
                     self._check_regrow(grp.id, idx, mask, count)
                     mask = mask.clone()
                     mask[idx] = True
-                    regrown += len(idx)
+                    regrown_by[grp.id] = len(idx)
                 final[grp.id] = mask
             new = final
         new = self._broadcast(new)
@@ -225,10 +243,22 @@ class PruningController:
         seconds = time.perf_counter() - t0
         self.event_seconds += seconds
         kept = {g: int(m.sum()) for g, m in new.items()}
+        regrown = sum(regrown_by.values())
+        groups = {
+            g: {
+                "allocated": counts[g],
+                "active_before": active[g],
+                "kept_by_prune": kept_by_prune[g],
+                "pruned": active[g] - kept_by_prune[g],
+                "regrown": regrown_by[g],
+                "active_after": kept[g],
+            }
+            for g in kept
+        }
         event = {
             "step": self.step,
             "epoch": self.step / self.steps_per_epoch,
-            "kind": "start" if self.step == 0 else ("prune+regrow" if delta > 0 else "prune"),
+            "kind": "start" if self.step == 0 else ("prune+regrow" if delta > 0 or regrown else "prune"),
             "sparsity": target,
             "prune_sparsity": s_prune,
             "regrow_fraction": delta,
@@ -239,6 +269,7 @@ class PruningController:
             "channels_total": self.graph.total_channels,
             "macs_fraction": self.macs_fraction(new),
             "kept": kept,
+            "groups": groups,
             "seconds": seconds,
         }
         self.events.append(event)

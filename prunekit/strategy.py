@@ -46,6 +46,7 @@ __all__ = [
     "Schedule",
     "Strategy",
     "global_ranking_counts",
+    "is_coupled",
     "top_k_mask",
     "uniform_counts",
 ]
@@ -400,6 +401,7 @@ class PruningState:
     steps_per_epoch: int = 1
     epochs: int = 1
     event_index: int = 0  # how many events ran before this one
+    sparsity: float | None = None  # the event's global sparsity S (a MACs budget resolved), from prune_slack on
     extra: dict[str, Any] = field(default_factory=dict)  # scratch space for strategies (not saved)
 
     @property
@@ -552,6 +554,12 @@ def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     return mask
 
 
+def is_coupled(group: ChannelGroup) -> bool:
+    """True for a group whose channels are produced by more than one layer, joined by an element-wise op
+    (a residual stream: the stem or shortcut conv and every block's last conv; an SE gate and what it gates)."""
+    return len(group.producers) > 1
+
+
 def uniform_counts(graph: ChannelGraph, budget: Budget) -> dict[str, int]:
     """Every group keeps ``(1 - S) * size`` channels, rounded by ``budget``.
 
@@ -568,16 +576,20 @@ def uniform_counts(graph: ChannelGraph, budget: Budget) -> dict[str, int]:
 
 
 def global_ranking_counts(
-    graph: ChannelGraph, scores: dict[str, torch.Tensor], budget: Budget
+    graph: ChannelGraph,
+    scores: dict[str, torch.Tensor],
+    budget: Budget,
+    groups: Sequence[ChannelGroup] | None = None,
 ) -> dict[str, int]:
     """Allocation from one global ranking of channel scores.
 
     With N prunable channels, the ``round(S * N)`` lowest scores are pruned (ties broken by group order,
     then channel index) and group l keeps ``size_l - pruned_l`` channels, rounded by ``budget`` and at
     least one. With distinct scores this is the percentile rule kappa_l = |{i : s_i^l <= q(S)}| / C_l.
+    ``groups``: rank only these groups (N is their channel count) and return counts for them only.
     """
     s = 0.0 if budget.sparsity is None else budget.sparsity
-    ids = [g.id for g in graph.groups]
+    ids = [g.id for g in (graph.groups if groups is None else groups)]
     flat = torch.cat([scores[i].detach().float().cpu().flatten() for i in ids]) if ids else torch.zeros(0)
     owner = torch.cat([torch.full((graph[i].size,), n, dtype=torch.long) for n, i in enumerate(ids)]) if ids else \
         torch.zeros(0, dtype=torch.long)
@@ -687,7 +699,9 @@ class Strategy(ABC):
     # -- checkpointing -------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Strategy state that must survive a resume (default: none; parameters come from the config)."""
+        """Strategy state that must survive a resume (default: none; parameters come from the config).
+        Tensors and plain data only (numbers, strings, None, lists, dicts): checkpoints load with
+        ``weights_only=True``."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

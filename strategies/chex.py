@@ -3,15 +3,18 @@ CVPR 2022, arXiv 2203.15794), applied to every prunable group of the channel gra
 
 Train from scratch at about the target size; every ``delta_T`` epochs up to ``T_max``:
 
-1. allocate: rank the BN scales |gamma| of all prunable channels globally (a pruned channel at the |gamma|
-   it had when last active, so widths can grow back); group l keeps k_l = (1 - kappa_l(S)) C_l channels,
-   kappa_l(S) = |{i : |gamma_i^l| <= q(Gamma, S)}| / C_l;
-2. prune each group by column subset selection: keep the k_l channels with the largest leverage scores
-   ||V_k[j, :]||^2 of the top-k_l right singular vectors of W (rows: the stacked filters, one column per
-   channel); groups whose W has fewer rows than columns fall back to the L1 norm, as the authors do;
-3. restore MRU values and regrow (1 - kappa_l(S - delta_t)) C_l - k_l channels, sampled without
-   replacement with p_j = eps_j / sum(eps) where eps_j = ||w_j - P_A w_j|| is the distance of the MRU
-   filter w_j to the span of the kept filters; delta_t = 0.5 (1 + cos(pi t / T_max)) delta_0.
+1. allocate: rank the BN scales |gamma| of all prunable channels globally (a pruned channel at gamma = 0,
+   as in the authors' code, which zeroes them); group l keeps k_l = (1 - kappa_l(S)) C_l channels,
+   kappa_l(S) = |{i : |gamma_i^l| <= q(Gamma, S)}| / C_l; coupled groups (residual streams) are ranked by
+   the mean |gamma| of their BN layers (``coupled``: or the max, or held at the uniform width);
+2. prune each group by column subset selection among its active channels: keep the min(k_l, active)
+   channels with the largest leverage scores ||V_k[j, :]||^2 of the top right singular vectors of W (rows:
+   the stacked filters, one column per channel); groups whose W has fewer rows than columns fall back to
+   the L1 norm, as the authors do;
+3. restore MRU values and regrow (1 - kappa_l(S - delta_t)) C_l - k_l channels, plus any excess of k_l over
+   the active channels, sampled without replacement with p_j = eps_j / sum(eps) where
+   eps_j = ||w_j - P_A w_j|| is the distance of the MRU filter w_j to the span of the kept filters;
+   delta_t = 0.5 (1 + cos(pi t / T_max)) delta_0.
 
 Before training the model is pruned to S - delta_0 by the L1 norm of the filters (uniform widths: the BN
 scales are all 1 at initialization). At T_max delta is 0, so the last event leaves the model at S.
@@ -34,6 +37,7 @@ from prunekit.strategy import (
     Schedule,
     Strategy,
     global_ranking_counts,
+    is_coupled,
     top_k_mask,
     uniform_counts,
 )
@@ -176,12 +180,13 @@ class CHEX(Strategy):
             help="regrown channels start from their MRU values, or with zero filters (BN and readers' columns MRU)",
         ),
         "pruned_gamma": Param(
-            str, "mru", choices=("mru", "zero"),
-            help="allocation ranks pruned channels by their MRU |gamma| (widths can grow back) or as 0",
+            str, "zero", choices=("zero", "mru"),
+            help="allocation ranks pruned channels at gamma = 0 (the authors' code) or at their MRU |gamma|",
         ),
-        "coupled_gamma": Param(
-            str, "mean", choices=("mean", "max"),
-            help="score of a channel shared by several BN layers: mean or max of their |gamma|",
+        "coupled": Param(
+            str, "mean", choices=("mean", "max", "fixed"),
+            help="coupled groups (residual streams) in the allocation: ranked by the mean or max |gamma| of "
+            "their BN layers, or fixed at the budget's uniform width (not ranked)",
         ),
         "explore": Param(
             bool, True, help="false: prune once to S before training and never explore (ablation)"
@@ -241,9 +246,10 @@ class CHEX(Strategy):
 
     def channel_scores(self, state: PruningState) -> dict[str, torch.Tensor]:
         """Per-group channel importance for the global allocation: |gamma| combined over the group's BN
-        layers (``coupled_gamma``), pruned channels at their MRU |gamma| (``pruned_gamma: mru``) or 0; for a
-        group without BN, the L1 norm of its filters rescaled so that its mean over active
-        channels equals the mean |gamma| of the active BN channels of the model (cached per event)."""
+        layers (mean, or max with ``coupled: max``), pruned channels at 0 (``pruned_gamma: zero``: the masks
+        zero their gamma) or at their MRU |gamma|; for a group without BN, the L1 norm of its filters
+        rescaled so that its mean over active channels equals the mean |gamma| of the active BN channels of
+        the model (cached per event)."""
         cached = state.extra.get("chex_scores")
         if cached is not None:
             return cached
@@ -251,7 +257,7 @@ class CHEX(Strategy):
         missing = []
         source = "mru" if self.pruned_gamma == "mru" else "live"
         for g in state.graph.groups:
-            s = state.bn_scales(g, source=source, reduce=self.coupled_gamma)
+            s = state.bn_scales(g, source=source, reduce="max" if self.coupled == "max" else "mean")
             if s is None:
                 missing.append(g)
             else:
@@ -271,30 +277,43 @@ class CHEX(Strategy):
     def allocate(self, state: PruningState, budget: Budget) -> dict[str, int]:
         if state.step == 0 or self.allocation == "uniform":
             return uniform_counts(state.graph, budget)
-        return global_ranking_counts(state.graph, self.channel_scores(state), budget)
+        scores = self.channel_scores(state)
+        if self.coupled != "fixed":
+            return global_ranking_counts(state.graph, scores, budget)
+        # coupled groups at the uniform width (1 - S) C_l; the global ranking re-allocates the others
+        counts = uniform_counts(state.graph, budget)
+        ranked = [g for g in state.graph.groups if not is_coupled(g)]
+        counts.update(global_ranking_counts(state.graph, scores, budget, groups=ranked))
+        return counts
 
     # -- prune ---------------------------------------------------------------------------------------
 
     def prune(self, state: PruningState, group: ChannelGroup, keep: int) -> torch.Tensor:
-        if keep >= group.size:
-            return torch.ones(group.size, dtype=torch.bool)
-        w = state.channel_matrix(group).mT  # [rows, C]: one column per channel
+        """The ``keep`` channels to keep, chosen among the active ones (the controller never asks for more
+        than are active: an allocation's excess is regrown, by orthogonality)."""
+        active = state.mask(group)
+        n_active = int(active.sum())
+        if keep >= n_active:
+            return active.clone()
+        w = state.channel_matrix(group).mT  # [rows, C]: one column per channel (pruned ones are zero)
         _check_finite(w, f"the filters of group {group.id!r}")
         l1 = w.abs().sum(0).cpu()
+        idx = torch.nonzero(active).flatten()  # candidates: the active channels
+        mask = torch.zeros(group.size, dtype=torch.bool)
         if state.step == 0 or w.shape[0] < w.shape[1]:
-            return top_k_mask(l1, keep)  # initial pruning; fewer rows than columns: the authors' fallback
-        lev = leverage_scores(w, keep)
+            # initial pruning; fewer rows than columns: the authors' fallback to the L1 norm
+            mask[idx[top_k_mask(l1[idx], keep)]] = True
+            return mask
+        lev = leverage_scores(w, keep)  # zero columns (pruned channels) get no score and change nothing
         if self.selection == "sampling":
-            chosen = sample_without_replacement(lev, keep, state.generator)
+            chosen = idx[sample_without_replacement(lev[idx], keep, state.generator)]
             if len(chosen) < keep:  # cannot happen (fills at random), kept for clarity
                 raise RuntimeError("CSS sampling returned too few channels")
-            mask = torch.zeros(group.size, dtype=torch.bool)
             mask[chosen] = True
             return mask
         # top-k leverage; ties (e.g. the copies of a duplicated channel) broken by L1 norm, then index
-        order = torch.argsort(-l1, stable=True)
+        order = idx[torch.argsort(-l1[idx], stable=True)]
         order = order[torch.argsort(-torch.round(lev[order] * 1e6), stable=True)]
-        mask = torch.zeros(group.size, dtype=torch.bool)
         mask[order[:keep]] = True
         return mask
 
@@ -303,7 +322,7 @@ class CHEX(Strategy):
     def regrow(self, state: PruningState, group: ChannelGroup, count: int) -> torch.Tensor:
         mask = state.mask(group)
         pruned = torch.nonzero(~mask).flatten()
-        if count <= 0 or len(pruned) == 0:
+        if count <= 0 or len(pruned) == 0 or self.regrow_by == "none":
             return pruned[:0]
         if self.regrow_by == "random":
             return pruned[torch.randperm(len(pruned), generator=state.generator)[:count]]

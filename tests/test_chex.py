@@ -96,7 +96,9 @@ def test_percentile_allocation_matches_hand_computation():
     }  # fmt: skip
 
 
-def test_pruned_channels_rank_by_their_mru_gamma_so_widths_can_grow_back():
+def test_pruned_channels_rank_at_zero_by_default_and_by_their_mru_gamma_as_an_option():
+    """The authors' code zeroes the BN gamma of pruned channels after every step (prune_utils.py
+    apply_channel_mask), so their ranking sees them at 0; ``pruned_gamma: mru`` ranks them by their last |gamma|."""
     sizes = [4, 4]
     model = MultiNet(sizes)
     graph = multi_graph(sizes)
@@ -109,18 +111,57 @@ def test_pruned_channels_rank_by_their_mru_gamma_so_widths_can_grow_back():
     pk.apply_masks(model, graph, keep)
     state.keep = keep
     budget = pk.Budget(sparsity=0.25)  # prune 2 of 8
-    # default (mru): group 0's pruned channels rank by the gammas they had (0.9, 0.8): it grows back to 4
-    assert CHEX().allocate(state, budget) == {"branches.0.0": 4, "branches.1.0": 2}
-    # zero (the paper's rule read literally): they rank lowest, so group 0 can never exceed its 2 active
+    # default (zero): group 0's pruned channels rank lowest, so it cannot exceed its 2 active channels
+    assert CHEX().pruned_gamma == "zero"
+    assert CHEX().allocate(state, budget) == {"branches.0.0": 2, "branches.1.0": 4}
+    # mru: they rank by the gammas they had (0.9, 0.8): the allocation gives group 0 all 4
     state.extra.clear()
-    assert CHEX(pruned_gamma="zero").allocate(state, budget) == {"branches.0.0": 2, "branches.1.0": 4}
+    assert CHEX(pruned_gamma="mru").allocate(state, budget) == {"branches.0.0": 4, "branches.1.0": 2}
 
 
-def test_coupled_gamma_option():
-    chex = CHEX(coupled_gamma="max")
-    assert chex.coupled_gamma == "max" and CHEX().coupled_gamma == "mean"
-    with pytest.raises(ValueError, match="coupled_gamma"):
-        CHEX(coupled_gamma="sum")
+def _resnet20_state(seed=0):
+    from prunekit.models import build_model
+
+    net = build_model("resnet20", num_classes=10, in_channels=1, input_size=8)
+    graph = pk.build_graph(net, torch.zeros(1, 1, 8, 8))
+    with torch.no_grad():  # distinct BN scales, as training would give
+        g = torch.Generator().manual_seed(seed)
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.01)
+    return net, graph, make_state(net, graph, step=5)
+
+
+def test_coupled_option_mean_max_and_fixed():
+    """``coupled``: residual streams (groups produced by several layers) ranked by the mean or the max |gamma|
+    of their BN layers, or held at the budget's uniform width while the ranking allocates the other groups."""
+    from prunekit.strategy import global_ranking_counts, is_coupled, uniform_counts
+
+    net, graph, state = _resnet20_state()
+    coupled = [g for g in graph.groups if is_coupled(g)]
+    inner = [g for g in graph.groups if not is_coupled(g)]
+    assert [g.size for g in coupled] == [16, 32, 64] and len(inner) == 9  # the three residual streams
+    budget = pk.Budget(sparsity=0.6)
+    mean = state.bn_scales(coupled[0], reduce="mean")
+    assert torch.allclose(CHEX().channel_scores(state)[coupled[0].id], mean)
+    state.extra.clear()
+    assert torch.allclose(
+        CHEX(coupled="max").channel_scores(state)[coupled[0].id], state.bn_scales(coupled[0], reduce="max")
+    )
+    state.extra.clear()
+    fixed = CHEX(coupled="fixed").allocate(state, budget)
+    uniform = uniform_counts(graph, budget)
+    assert all(fixed[g.id] == uniform[g.id] for g in coupled)  # not re-allocated by the ranking
+    n_inner = sum(g.size for g in inner)
+    assert sum(fixed[g.id] for g in inner) == n_inner - round(0.6 * n_inner)  # ranked among themselves
+    scores = CHEX().channel_scores(state)
+    assert {g.id: fixed[g.id] for g in inner} == global_ranking_counts(graph, scores, budget, groups=inner)
+    state.extra.clear()
+    ranked = CHEX().allocate(state, budget)
+    assert sum(ranked.values()) == graph.total_channels - round(0.6 * graph.total_channels)
+    assert any(ranked[g.id] != uniform[g.id] for g in coupled)
+    with pytest.raises(ValueError, match="coupled"):
+        CHEX(coupled="sum")
 
 
 def test_groups_without_bn_use_rescaled_l1():
@@ -400,3 +441,87 @@ def test_same_seed_same_masks_and_regrown_values_are_mru():
     b, *_ = _run({"delta_T": 1, "T_max": 3}, seed=5)
     assert all(torch.equal(a.keep[k], b.keep[k]) for k in a.keep)
     assert [e["kept"] for e in a.events] == [e["kept"] for e in b.events]
+
+
+# -- the prune step keeps only active channels (regression: an allocation above the active count) ---------
+
+
+def _over_allocated_event(regrow_by, monkeypatch=None):
+    """An event at T_max (delta = 0) where the MRU ranking allocates group 0 more channels than it has
+    active: its channels 2 and 3 were pruned while their |gamma| (0.9, 0.8) was the highest of the model.
+    Before the fix the CSS top-k filled the extra slots with those dead channels (zero leverage, index order):
+    they came back with their MRU values, without orthogonality sampling, and were not counted as regrown."""
+    sizes = [4, 4]
+    model, graph = MultiNet(sizes), multi_graph(sizes)
+    with torch.no_grad():
+        model.branches[0][1].weight.copy_(torch.tensor([0.5, 0.4, 0.9, 0.8]))
+        model.branches[1][1].weight.copy_(torch.tensor([0.3, 0.2, 0.1, 0.35]))
+    chex = CHEX(pruned_gamma="mru", regrow_by=regrow_by, unit="step", delta_T=1, T_max=1)
+    ctrl = PruningController(model, graph, chex, pk.Budget(sparsity=0.25), 1, 2)
+    ctrl.start(None)  # step 0: S - delta_0 < 0, all channels kept
+    keep = {"branches.0.0": torch.tensor([True, True, False, False]), "branches.1.0": torch.ones(4, dtype=torch.bool)}
+    ctrl.mru.snapshot(model, ctrl.keep)
+    ctrl._set_keep(keep, ctrl.keep)
+    calls = []
+    if monkeypatch is not None:
+        real = CHEX.regrow
+        monkeypatch.setattr(
+            CHEX, "regrow", lambda self, st, grp, n: calls.append((grp.id, n)) or real(self, st, grp, n)
+        )
+    ctrl.after_optimizer_step()  # the event at T_max = step 1: delta = 0
+    return ctrl, keep, calls
+
+
+def test_prune_step_never_keeps_an_inactive_channel_the_excess_is_regrown_by_orthogonality(monkeypatch):
+    ctrl, before, calls = _over_allocated_event("orthogonality", monkeypatch)
+    event = ctrl.events[-1]
+    assert event["regrow_fraction"] == 0.0
+    assert calls == [("branches.0.0", 2)]  # the excess went through regrow (orthogonality sampling)
+    assert event["regrown"] == 2 and event["kind"] == "prune+regrow"
+    g0 = event["groups"]["branches.0.0"]
+    assert g0 == {"allocated": 4, "active_before": 2, "kept_by_prune": 2, "pruned": 0, "regrown": 2, "active_after": 4}
+
+
+def test_regrow_by_none_revives_nothing_even_when_the_allocation_exceeds_the_active_channels():
+    ctrl, before, _ = _over_allocated_event("none")
+    event = ctrl.events[-1]
+    assert event["regrown"] == 0
+    for gid, mask in ctrl.keep.items():
+        assert not bool((mask & ~before[gid]).any()), gid  # no channel came back
+    assert event["groups"]["branches.0.0"]["active_after"] == 2
+
+
+def test_events_record_per_group_counts_and_nothing_is_revived_outside_regrow(tmp_path):
+    """A real run (digits, ResNet-20, 70% MACs reduction, an exploration step every quarter epoch):
+    events.json holds per group active_before, kept_by_prune, pruned, regrown, active_after, with
+    kept_by_prune <= active_before, pruned = active_before - kept_by_prune, active_after = kept_by_prune +
+    regrown, and nothing changes between events (the next event starts from this one's active_after)."""
+    import json
+    from pathlib import Path
+
+    from prunekit.config import load_config
+
+    flags = {
+        "train.epochs": 2, "train.seed": 0, "train.threads": 1, "prune.strategy": "chex", "prune.macs": 0.3,
+        "prune.params": {"delta_T": 0.25}, "data.limit_train": 640, "data.limit_test": 128,
+        "run.out": str(tmp_path), "run.name": "events", "run.progress": "off", "run.latency_runs": 1,
+    }  # fmt: skip
+    res = pk.run(load_config(None, flags=flags))
+    assert res.status == "ok", res.error
+    events = json.loads((Path(res.run_dir) / "events.json").read_text())
+    assert len(events) >= 5
+    prev = None
+    for e in events:
+        assert set(e["groups"]) == set(e["kept"])
+        for gid, g in e["groups"].items():
+            assert g["kept_by_prune"] <= g["active_before"], (e["step"], gid, g)
+            assert g["pruned"] == g["active_before"] - g["kept_by_prune"], (e["step"], gid, g)
+            assert g["active_after"] == g["kept_by_prune"] + g["regrown"], (e["step"], gid, g)
+            assert g["active_after"] == e["kept"][gid]
+            if prev is not None:
+                assert g["active_before"] == prev["groups"][gid]["active_after"], (e["step"], gid)
+        assert e["regrown"] == sum(g["regrown"] for g in e["groups"].values())
+        prev = e
+    assert events[-1]["regrow_fraction"] == 0.0
+    assert abs(events[-1]["macs_fraction"] - 0.3) <= 0.01 * 0.3
+    assert res.kept == events[-1]["kept"]

@@ -168,10 +168,13 @@ def test_mru_holds_trained_values_of_channels_pruned_mid_training():
             return Schedule((2, 4))
 
         def prune(self, state, group, keep):
-            return torch.tensor([True, True, True, False]) if state.step == 2 else torch.ones(4, dtype=torch.bool)
+            return torch.tensor([True, True, True, False]) if state.step == 2 else state.mask(group).clone()
 
         def allocate(self, state, budget):
             return {"0": 3 if state.step == 2 else 4}
+
+        def regrow(self, state, group, count):  # the step-4 allocation exceeds the 3 active: regrown here
+            return torch.nonzero(~state.mask(group)).flatten()[:count]
 
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     ctrl = PruningController(model, graph, Late(), pk.Budget(sparsity=0.25), 10, 1)
@@ -192,8 +195,11 @@ def test_mru_holds_trained_values_of_channels_pruned_mid_training():
     mru = ctrl.mru.values[("0", "weight")][3]
     assert not torch.equal(mru, at_step_1)  # trained by step 2, not the initial values
     assert bool((model[0].weight[3] == 0).all())
-    steps(2)  # the step-4 event keeps all: channel 3 comes back with exactly its MRU values
+    steps(2)  # the step-4 event keeps all: channel 3 comes back (through regrow) with exactly its MRU values
     assert bool(ctrl.keep["0"].all())
+    assert ctrl.events[-1]["groups"]["0"] == {
+        "allocated": 4, "active_before": 3, "kept_by_prune": 3, "pruned": 0, "regrown": 1, "active_after": 4,
+    }  # fmt: skip
     assert torch.equal(model[0].weight.detach()[3], mru)
 
 
@@ -364,3 +370,45 @@ def test_overhead_benchmark_quick(tmp_path):
         assert s["dense_s"] > 0 and s["masked_s"] > 0
     md = (tmp_path / "overhead.md").read_text()
     assert "resnet56" in md and "--quick" in md
+
+
+def test_prune_may_not_keep_an_inactive_channel():
+    """prune() chooses among the active channels; a pruned channel comes back only through regrow()."""
+    model, graph = linear_net(6, 4), linear_graph(6, 4)
+
+    class Reviver(Strategy):
+        def schedule(self, spe, epochs):
+            return Schedule((0, 1))
+
+        def allocate(self, state, budget):
+            return {"0": 2}
+
+        def prune(self, state, group, keep):
+            keep_at = {0: [True, True, False, False], 1: [False, True, True, False]}  # step 1 keeps pruned channel 2
+            return torch.tensor(keep_at[state.step])
+
+    ctrl = PruningController(model, graph, Reviver(), pk.Budget(sparsity=0.5), 1, 2)
+    ctrl.start(None)
+    with pytest.raises(ValueError, match=r"Reviver.prune\(\) kept channels of group '0' that were not active \(\[2\]"):
+        ctrl.after_optimizer_step()
+
+
+def test_regrow_allocation_honours_groups_held_by_the_macs_bisection():
+    """At a MACs budget the bisection can hold a group at a count (docs/strategies.md, Budgets); the regrow
+    allocation at S - delta holds it too, as the prune allocation does: the group ends the event at that count."""
+    from prunekit.models import build_model
+
+    net = build_model("resnet56", num_classes=10, in_channels=3, input_size=32)
+    graph = pk.build_graph(net, torch.zeros(1, 3, 32, 32))
+    ctrl = PruningController(net, graph, pk.get_strategy("chex", delta_T=1, T_max=4), pk.Budget(macs=0.5), 1, 5)
+    ctrl.start(None)
+    with torch.no_grad():  # give the BN scales some spread, as training would
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.mul_(torch.rand(m.weight.shape, generator=torch.Generator().manual_seed(m.num_features)))
+    ctrl.after_optimizer_step()
+    event = ctrl.events[-1]
+    assert event["regrow_fraction"] > 0 and event["held_groups"] >= 1 and ctrl.held
+    for gid, count in ctrl.held.items():
+        assert event["groups"][gid]["allocated"] == count
+        assert event["groups"][gid]["active_after"] == count, (gid, event["groups"][gid])
