@@ -5,7 +5,10 @@
     .venv/bin/python benchmarks/zoo_coverage.py --models resnet18 googlenet --out /tmp/zoo
 
 Per model: prunable groups, frozen sets, prunable channels, the equivalence error of slim vs masked at
-50% random masks, MACs (conv/linear, per sample) dense -> pruned, whether Torch-Pruning's DependencyGraph
+50% random masks (on a copy with random BN statistics and affine parameters, biases and layer scales:
+``prunekit.testing.check_equivalence``), how much those masks change the output (a check whose masks barely
+move the output proves nothing: it must be at least 100x the 1e-4 tolerance), MACs (conv/linear, per sample)
+dense -> pruned, whether Torch-Pruning's DependencyGraph
 builds on it, and whether its partition of conv/linear output channels equals ours
 (benchmarks/tp_compare.py). Writes ``zoo_coverage.md`` and ``zoo_coverage.json`` to ``--out``
 (default docs/results/); the JSON is rewritten after every model, so a long run can be watched.
@@ -39,6 +42,8 @@ from prunekit.testing import check_equivalence  # noqa: E402
 
 # over ~1.5 GB of float32 weights: skipped on a CPU machine (same list as tests/test_graph_zoo.py)
 TOO_BIG = {"vit_h_14": "2.5 GB of weights", "regnet_y_128gf": "2.6 GB of weights"}
+TOL = 1e-4  # slimmed vs masked, relative (same as tests/test_graph_zoo.py)
+MIN_CHANGE = 100 * TOL  # the masks must change the output by at least this much for the check to count
 TRANSFORMERS = ("vit_", "swin_", "maxvit_")
 QUICK = ["resnet18", "mobilenet_v2", "shufflenet_v2_x0_5"]
 
@@ -129,6 +134,9 @@ def cover(name: str) -> dict:
         frozen_channels=sum(f.size for f in g.frozen), convs=len(convs), prunable_convs=len(prunable_convs),
         rel_error=eq.rel_error, changed=eq.changed, shape_ok=eq.shape_ok,
         macs_dense=eq.macs_dense, macs_pruned=eq.macs_pruned,
+        # ATen-level count (torch.utils.flop_counter) of the dense and slimmed models: equal to the graph's
+        # conv/linear MACs for a CNN; transformers add the attention's activation products
+        macs_counted_dense=pk.count_macs(model, x[:1]), macs_counted_pruned=pk.count_macs(eq.slimmed, x[:1]),
     )  # fmt: skip
     # Torch-Pruning on the same model and a batch-1 input
     _, cls = classifier_of(model)
@@ -145,38 +153,47 @@ def cover(name: str) -> dict:
     return row
 
 
+def passes(r: dict) -> bool:
+    return r["rel_error"] <= TOL and r["changed"] >= MIN_CHANGE and r["shape_ok"] and r["macs_pruned"] < r["macs_dense"]
+
+
 def write(out: Path, rows: list[dict], skipped: dict, command: str, done: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     meta = {"torch": torch.__version__, "torchvision": torchvision.__version__, "command": command, "complete": done}
     (out / "zoo_coverage.json").write_text(json.dumps({**meta, "skipped": skipped, "results": rows}, indent=1))
     ok = [r for r in rows if "error" not in r]
-    passed = sum(r["rel_error"] <= 1e-4 and r["shape_ok"] and r["macs_pruned"] < r["macs_dense"] for r in ok)
+    passed = sum(passes(r) for r in ok)
     tp_built = sum(bool(r.get("tp_builds")) for r in ok)
     same = sum(bool(r.get("tp_identical")) for r in ok)
     lines = [
         "# Zoo coverage: the channel graph on every torchvision classification model",
         "",
-        "Random keep masks at 50% per group (seed 1); *error* = max |slim(x) - masked(x)| / max |masked(x)| "
-        "(float32, eval mode, batch 2); MACs are conv/linear MACs per sample from `g.macs`. "
+        "Random keep masks at 50% per group (seed 1), on a copy of the model whose BN statistics and affine "
+        "parameters, biases and layer scales are random (`prunekit.testing.randomize_parameters`); "
+        "*error* = max |slim(x) - masked(x)| / max |masked(x)| (float32, eval mode, batch 2); "
+        f"*change* = max |masked(x) - dense(x)| / max |dense(x)|, how much the masks move the output (the check "
+        f"counts only when it is >= {MIN_CHANGE:g}, 100x the {TOL:g} tolerance); "
+        "MACs are conv/linear MACs per sample from `g.macs`. "
         "*TP* = whether Torch-Pruning's `DependencyGraph` builds; *same as TP* = its partition of conv/linear "
         "output channels equals ours (see docs/graph.md for the explained differences).",
         "",
-        f"{len(rows)} models run, {passed} pass (error <= 1e-4, shape unchanged, MACs drop); "
+        f"{len(rows)} models run, {passed} pass (error <= {TOL:g}, change >= {MIN_CHANGE:g}, shape unchanged, "
+        f"MACs drop); "
         f"Torch-Pruning builds on {tp_built}, identical partition on {same}.",
         "",
-        "| model | input | groups | frozen | prunable ch | convs prunable | error | MACs dense -> 50% | build s "
-        "| TP | same as TP |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|---|---|",
+        "| model | input | groups | frozen | prunable ch | convs prunable | error | change | MACs dense -> 50% "
+        "| build s | TP | same as TP |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['input']} | FAILED: {r['error']} | | | | | | | | |")
+            lines.append(f"| {r['model']} | {r['input']} | FAILED: {r['error']} | | | | | | | | | |")
             continue
         tp = "yes" if r["tp_builds"] else "fails"
         same_tp = "" if r["tp_identical"] is None else ("yes" if r["tp_identical"] else "differs")
         lines.append(
             f"| {r['model']} | {r['input']} | {r['groups']} | {r['frozen']} | {r['channels']} | "
-            f"{r['prunable_convs']}/{r['convs']} | {r['rel_error']:.1e} | "
+            f"{r['prunable_convs']}/{r['convs']} | {r['rel_error']:.1e} | {r['changed']:.2f} | "
             f"{r['macs_dense'] / 1e6:.1f}M -> {r['macs_pruned'] / 1e6:.1f}M | {r['build_s']:.2f} | {tp} | {same_tp} |"
         )
     if skipped:
@@ -198,10 +215,21 @@ def write(out: Path, rows: list[dict], skipped: dict, command: str, done: bool) 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=None, help="torchvision model names (default: the whole zoo)")
-    ap.add_argument("--quick", action="store_true", help=f"only {QUICK}")
+    ap.add_argument("--models", nargs="+", default=None, help="model names (default: the whole zoo / list)")
+    ap.add_argument("--quick", action="store_true", help=f"only {QUICK} (timm: a few models)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results"), help="output folder")
+    ap.add_argument("--suite", choices=("torchvision", "timm"), default="torchvision",
+                    help="torchvision's classification models, or issue 11's timm development list "
+                    "(benchmarks/timm_coverage.py)")  # fmt: skip
+    ap.add_argument("--resume", action="store_true", help="timm: skip the models already in the JSON")
     args = ap.parse_args(argv)
+    if args.suite == "timm":
+        import timm_coverage
+
+        names = args.models or (timm_coverage.QUICK if args.quick else timm_coverage.DEV_LIST)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return timm_coverage.run(names, Path(args.out), command_line("zoo_coverage.py", argv), args.resume)
     names = args.models or (QUICK if args.quick else sorted(torchvision.models.list_models(module=torchvision.models)))
     command = command_line("zoo_coverage.py", argv)
     skipped = {n: TOO_BIG[n] for n in names if n in TOO_BIG}
@@ -220,7 +248,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             row = {"model": name, "input": input_size(name), "error": f"{type(e).__name__}: {str(e)[:200]}"}
         rows.append(row)
         status = row.get("error") or (
-            f"groups={row['groups']} frozen={row['frozen']} err={row['rel_error']:.1e} "
+            f"groups={row['groups']} frozen={row['frozen']} err={row['rel_error']:.1e} change={row['changed']:.2f} "
             f"TP={'ok' if row['tp_builds'] else 'fails'}{'' if row['tp_identical'] is not False else ' (differs)'}"
         )
         print(f"{name:24s} {status} [{time.perf_counter() - t:.0f}s]", flush=True)
