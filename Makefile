@@ -33,6 +33,8 @@ test: setup data
 test-all: setup data
 	$(BIN)/python -m pytest -q -m "slow or not slow" --timeout=3600
 
+# every published page of docs/results/, with the commands printed in them (about 4.5 hours on 2 CPU cores;
+# `benchmarks/run_all.py --list` shows them, `--skip-long` leaves out the Fashion-MNIST training)
 bench: setup data
 	$(BIN)/python benchmarks/run_all.py
 

@@ -32,6 +32,7 @@ FLAG_KEYS = {
     "data_root": "data.root",
     "image_size": "data.image_size",
     "model": "model.name",
+    "leaf_modules": "model.leaf_modules",
     "epochs": "train.epochs",
     "batch_size": "train.batch_size",
     "lr": "train.lr",
@@ -80,7 +81,10 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", help="digits | fashion-mnist | cifar10 | cifar100 | imagefolder | synthetic")
     g.add_argument("--data-root", help="folder holding the dataset's files")
     g.add_argument("--image-size", type=int, help="resize inputs to this side length")
-    g.add_argument("--model", help="resnet20/32/56/110, small_cnn, a torchvision name or package.module:factory")
+    g.add_argument(
+        "--model", help="resnet20/32/56/110, small_cnn, a torchvision name, timm:<name> or package.module:factory"
+    )
+    _add_leaf_modules(g)
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int)
     g.add_argument("--lr", type=float)
@@ -94,6 +98,34 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out", help="parent folder of run directories (default runs/)")
     g.add_argument("--name", help="run directory name")
     g.add_argument("--progress", choices=["auto", "rich", "plain", "off"])
+
+
+def _add_trust(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="trust the run directory: unpickle its checkpoint in full (runs code pickled in it; needed for "
+        "checkpoints of older prunekit versions) and build any model factory it names",
+    )
+
+
+def _plugin_modules(args: argparse.Namespace) -> list[str]:
+    """The --plugins modules: their model factories are trusted (their code already runs)."""
+    return [s.strip() for s in (args.plugins or "").split(",") if s.strip()]
+
+
+def _comma_list(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def _add_leaf_modules(g: Any) -> None:
+    g.add_argument(
+        "--leaf-modules",
+        type=_comma_list,
+        metavar="NAME[,NAME]",
+        help="submodules the channel graph keeps opaque: qualified names (layer1.0) or class names "
+        "(Conv2dSame, timm.layers.Conv2dSame); sets model.leaf_modules",
+    )
 
 
 def _add_nproc(p: argparse.ArgumentParser) -> None:
@@ -172,6 +204,7 @@ def add_run_parser(sub: Any) -> None:
     )
     p.add_argument("--strategy", help="a registered strategy (`prunekit list strategies`) or none (dense)")
     p.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its directory")
+    _add_trust(p)
     _add_config_options(p)
     _add_nproc(p)
     _add_plugins(p)
@@ -179,6 +212,8 @@ def add_run_parser(sub: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.trust_checkpoint and not args.resume:
+        raise CLIError("--trust-checkpoint applies to --resume DIR only")
     cfg = None if args.resume else config_from_args(args)  # config errors before the heavy imports
     from .harness import run
     from .report import print_table
@@ -187,7 +222,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         given = [d for d in FLAG_KEYS if getattr(args, d, None) is not None] + (["config"] if args.config else [])
         if given or args.sets:
             raise CLIError("--resume continues a run with its own config.yaml; drop the other config options")
-        result = run(None, resume=args.resume)
+        result = run(
+            None, resume=args.resume, trust_checkpoint=args.trust_checkpoint, trusted_factories=_plugin_modules(args)
+        )
     else:
         result = run(cfg)
     if _is_main_rank():
@@ -242,7 +279,7 @@ def add_list_parser(sub: Any) -> None:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from .data import DATASETS
-    from .models import list_models, torchvision_names
+    from .models import TIMM_INSTALL, list_models, timm_installed, torchvision_names
 
     if args.what in ("all", "strategies"):
         from .registry import failed_plugins, list_strategies
@@ -259,6 +296,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("models: " + ", ".join(names) + ", package.module:factory")
         if args.torchvision or args.what == "models":
             print("torchvision models: " + ", ".join(torchvision_names()))
+        version = timm_installed()
+        state = f"timm {version} installed" if version else "timm not installed"
+        print(f"timm:<name>: any timm model ({TIMM_INSTALL}), e.g. timm:resnet18 ({state})")
     if args.what in ("all", "datasets"):
         print("datasets: " + ", ".join(DATASETS))
     if args.what == "keys":
@@ -280,6 +320,7 @@ def add_graph_parser(sub: Any) -> None:
     p.add_argument("--dataset", default=None, help="take the input shape and classes from this dataset's defaults")
     p.add_argument("--input-shape", default=None, metavar="C,H,W", help="e.g. 3,224,224 (instead of --dataset)")
     p.add_argument("--num-classes", type=int, default=None)
+    _add_leaf_modules(p)
     p.add_argument("--members", action="store_true", help="list every member tensor of every group")
     p.add_argument("--json", metavar="PATH", help="write the graph as JSON ('-' for stdout)")
     p.add_argument("--dot", metavar="PATH", help="write Graphviz DOT ('-' for stdout)")
@@ -304,9 +345,10 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
     import prunekit as pk
 
-    from .models import build_model
+    from .models import build_model, resolve_leaf_modules
 
-    cfg = load_config(args.config, flags={"model.name": args.model, "data.name": args.dataset}, sets=args.sets)
+    flags = {"model.name": args.model, "data.name": args.dataset, "model.leaf_modules": args.leaf_modules}
+    cfg = load_config(args.config, flags=flags, sets=args.sets)
     if args.input_shape:
         try:
             c, h, w = (int(v) for v in args.input_shape.split(","))
@@ -323,7 +365,8 @@ def cmd_graph(args: argparse.Namespace) -> int:
             c, classes = cfg.data.channels, cfg.data.num_classes
         classes = args.num_classes or classes
     model = build_model(cfg.model.name, classes, c, h, **cfg.model.kwargs)
-    graph = pk.build_graph(model, torch.zeros(1, c, h, w))
+    leaf_modules = resolve_leaf_modules(model, cfg.model.leaf_modules)
+    graph = pk.build_graph(model, torch.zeros(1, c, h, w), leaf_modules=leaf_modules)
     wrote = False
     for path, text in ((args.json, graph.to_json), (args.dot, graph.to_dot)):
         if path == "-":
@@ -351,6 +394,7 @@ def add_export_parser(sub: Any) -> None:
     p.add_argument("run_dir", help="a run directory (with checkpoint.pt)")
     p.add_argument("--out", default=None, help="output file (default: RUN_DIR/export/model_pruned.pt)")
     p.add_argument("--torchscript", action="store_true", help="also write a traced TorchScript file beside it")
+    _add_trust(p)
     _add_plugins(p)
     p.set_defaults(func=cmd_export)
 
@@ -358,7 +402,13 @@ def add_export_parser(sub: Any) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from .harness import export_run
 
-    paths = export_run(args.run_dir, args.out, torchscript=args.torchscript)
+    paths = export_run(
+        args.run_dir,
+        args.out,
+        torchscript=args.torchscript,
+        trust_checkpoint=args.trust_checkpoint,
+        trusted_factories=_plugin_modules(args),
+    )
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     print(f"load it with:\n    import prunekit\n    model = prunekit.load_pruned({paths['plan']!r})")

@@ -50,8 +50,12 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet20"  # resnet20/32/56/110 | small_cnn | any torchvision name | package.module:factory
+    # resnet20/32/56/110 | small_cnn | any torchvision name | timm:<name> | package.module:factory
+    name: str = "resnet20"
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra arguments for the model factory
+    # submodules the channel graph keeps opaque (their boundary channels frozen): qualified names
+    # ("layer1.0") or class names ("Conv2dSame", "timm.layers.Conv2dSame"); see models.resolve_leaf_modules
+    leaf_modules: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -64,6 +68,9 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
+    # false: no weight decay on parameters with fewer than 2 dims (norm-layer weights and biases, every bias),
+    # as in the CHEX authors' recipe (their BN gammas, which the allocation ranks, are not decayed)
+    decay_norm_and_bias: bool = False
     schedule: str = field(default="cosine", metadata=_choices("cosine", "step", "constant"))
     step_milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of training
     step_gamma: float = 0.1

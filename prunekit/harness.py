@@ -34,6 +34,7 @@ import statistics
 import sys
 import time
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,8 +48,8 @@ from . import checkpoint as ckpt
 from .config import Config, ConfigError, from_dict, load_config
 from .data import BatchStream, DataBundle, build_data
 from .graphs.trace import unwrap
-from .models import build_model, check_model
-from .plan import load_pruned
+from .models import build_model, check_model, resolve_leaf_modules
+from .plan import check_factory, is_trusted_factory, load_pruned
 
 log = logging.getLogger("prunekit")
 
@@ -197,17 +198,31 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 # ---------------------------------------------------------------------------------------- pieces
 
 
+def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: with ``decay_norm_and_bias`` false, parameters with fewer than 2
+    dimensions (norm-layer weights and biases, every bias) get no weight decay, the others ``weight_decay``."""
+    params = list(model.parameters())
+    if decay_norm_and_bias:
+        return [{"params": params, "weight_decay": weight_decay}]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
 def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     t = cfg.train
+    groups = param_groups(model, t.weight_decay, t.decay_norm_and_bias)
     if t.optimizer == "sgd":
         return torch.optim.SGD(
-            model.parameters(),
+            groups,
             lr=t.lr,
             momentum=t.momentum,
             nesterov=t.nesterov and t.momentum > 0,
             weight_decay=t.weight_decay,
         )
-    return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
 
 
 def lr_factor(step: int, cfg: Config, steps_per_epoch: int) -> float:
@@ -523,18 +538,29 @@ def _resolve(config: Config | dict[str, Any] | str | None) -> Config:
     raise TypeError(f"run() takes a Config, a mapping or a YAML path, got {type(config).__name__}")
 
 
-def run(config: Config | dict[str, Any] | str | None = None, resume: str | None = None) -> RunResult:
+def run(
+    config: Config | dict[str, Any] | str | None = None,
+    resume: str | None = None,
+    trust_checkpoint: bool = False,
+    trusted_factories: Iterable[str] = (),
+) -> RunResult:
     """Train one strategy end to end and write its run directory; returns the RunResult.
 
     ``resume``: a run directory with a checkpoint; its config.yaml is used (``config`` is ignored) and
-    training continues from the checkpoint's exact position (mid-epoch included)."""
+    training continues from the checkpoint's exact position (mid-epoch included). The directory is read as
+    data: a model factory its config names must be trusted (see ``check_run_model``) and the checkpoint
+    loads with ``weights_only=True``. ``trust_checkpoint=True`` trusts the whole directory instead: the
+    full unpickler (needed for checkpoints of the first format) and any factory; it runs pickled code."""
     if resume is not None:
         cfg_path = os.path.join(resume, "config.yaml")
         if not os.path.exists(cfg_path):
             raise FileNotFoundError(f"--resume {resume}: no config.yaml there; is it a prunekit run directory?")
         cfg = load_config(cfg_path)
+        if not trust_checkpoint:
+            check_run_model({"name": cfg.model.name, **cfg.model.kwargs}, resume, trusted_factories)
+        blob = ckpt.load_checkpoint(resume, map_location="cpu", trust=trust_checkpoint)  # a refusal fails fast
     else:
-        cfg = _resolve(config)
+        cfg, blob = _resolve(config), None
     cfg.budget_kwargs()
     check_strategies(cfg, [cfg.prune.strategy])  # a misspelt strategy or parameter fails before any work
     env = make_env(cfg)
@@ -544,14 +570,15 @@ def run(config: Config | dict[str, Any] | str | None = None, resume: str | None 
     run_dir = os.path.abspath(resume) if resume is not None else make_run_dir(cfg, env)
     runlog = _RunLog(run_dir, env, cfg.run.progress)
     try:
-        return _Trainer(cfg, env, run_dir, resume is not None, runlog).fit()
+        return _Trainer(cfg, env, run_dir, blob, runlog).fit()
     finally:
         runlog.close()
 
 
 class _Trainer:
-    def __init__(self, cfg: Config, env: Env, run_dir: str, resuming: bool, runlog: _RunLog):
-        self.cfg, self.env, self.run_dir, self.resuming, self.runlog = cfg, env, run_dir, resuming, runlog
+    def __init__(self, cfg: Config, env: Env, run_dir: str, checkpoint: dict[str, Any] | None, runlog: _RunLog):
+        self.cfg, self.env, self.run_dir, self.runlog = cfg, env, run_dir, runlog
+        self.checkpoint, self.resuming = checkpoint, checkpoint is not None  # resuming from this loaded blob
 
     # the whole job, top to bottom
     def fit(self) -> RunResult:
@@ -562,12 +589,13 @@ class _Trainer:
         data = build_data(cfg.data)
         self.data = data
         model = build_model(cfg.model.name, data.num_classes, data.in_channels, data.input_size, **cfg.model.kwargs)
+        leaf_modules = resolve_leaf_modules(model, cfg.model.leaf_modules)
         check_model(model, data.in_channels, data.input_size, data.num_classes, cfg.model.name)
         example = torch.zeros(1, data.in_channels, data.input_size, data.input_size)
         import prunekit as pk
 
         t0 = time.perf_counter()
-        graph = pk.build_graph(model, example)
+        graph = pk.build_graph(model, example, leaf_modules=leaf_modules)
         log.info(
             "%s on %s: %s (built in %.1fs); device %s%s",
             cfg.model.name,
@@ -756,7 +784,7 @@ class _Trainer:
         if not self.env.main:
             return
         blob = {
-            "format": "prunekit-checkpoint/1",
+            "format": ckpt.FORMAT,
             **copy.deepcopy(
                 {k: state[k] for k in ("epoch", "batch", "step", "history", "best_top1", "train_seconds", "acc")}
             ),
@@ -773,7 +801,8 @@ class _Trainer:
         ckpt.save_checkpoint(self.run_dir, blob)
 
     def _load(self, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, controller: Any) -> dict[str, Any]:
-        blob = ckpt.load_checkpoint(self.run_dir, map_location="cpu")
+        blob, self.checkpoint = self.checkpoint, None  # loaded (and checked) by run(); not kept after this
+        assert blob is not None
         model.load_state_dict(blob["model"])
         optimizer.load_state_dict(blob["optimizer"])
         scheduler.load_state_dict(blob["scheduler"])
@@ -967,26 +996,49 @@ def compare(
     return results, out_dir
 
 
-def export_run(run_dir: str, out: str | None = None, torchscript: bool = False) -> dict[str, str]:
+def check_run_model(spec: dict[str, Any], run_dir: str, trusted: Iterable[str] = ()) -> None:
+    """Raise ValueError unless the model ``spec`` ({"name": ..., **kwargs} of ``build_model``) that the run
+    directory ``run_dir`` names is safe to build: plain data, and a "package.module:factory" name only
+    when trusted (torchvision, timm, prunekit, or named in ``trusted``; see ``prunekit.plan.check_factory``)."""
+    try:
+        check_factory(MODEL_FACTORY, spec, trusted, where=f"named by {run_dir}")
+    except ValueError as e:
+        raise ValueError(f"{e} (CLI: --plugins MODULE, or --trust-checkpoint to trust the run directory)") from None
+
+
+def export_run(
+    run_dir: str,
+    out: str | None = None,
+    torchscript: bool = False,
+    trust_checkpoint: bool = False,
+    trusted_factories: Iterable[str] = (),
+) -> dict[str, str]:
     """Slim the model of ``run_dir``'s last checkpoint with its masks and write it as a pruning plan
     (``prunekit.load_pruned(path)`` rebuilds it), plus LOAD.md and optionally a TorchScript file.
-    Returns {kind: path}. The plan is loaded back and checked against the slimmed model."""
+    Returns {kind: path}. The plan is loaded back and checked against the slimmed model.
+
+    The run directory is read as data, as in ``run(resume=...)``: ``trusted_factories`` and
+    ``trust_checkpoint`` (which runs the code pickled in the checkpoint) mean the same there."""
     import prunekit as pk
 
-    blob = ckpt.load_checkpoint(run_dir)
+    trusted_factories = list(trusted_factories)
+    blob = ckpt.load_checkpoint(run_dir, trust=trust_checkpoint)
+    if not trust_checkpoint:
+        check_run_model(blob["model_spec"], run_dir, trusted_factories)
     spec = dict(blob["model_spec"])
     name = spec.pop("name")
     model = build_model(name, **spec)
     model.load_state_dict(blob["model"])
     model.eval()
     example = torch.zeros(1, spec["in_channels"], spec["input_size"], spec["input_size"])
-    graph = pk.build_graph(model, example)
+    leaf_modules = resolve_leaf_modules(model, load_config_of(run_dir).model.leaf_modules)  # same graph as the run
+    graph = pk.build_graph(model, example, leaf_modules=leaf_modules)
     keep = blob.get("keep") or graph.full_keep()
     small = pk.slim(model, graph, keep).eval()
     out = out or os.path.join(run_dir, "export", "model_pruned.pt")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     pk.save_pruned(out, small, graph, keep, factory=MODEL_FACTORY, factory_kwargs=blob["model_spec"])
-    again = pk.load_pruned(out).eval()
+    again = pk.load_pruned(out, trusted_factories=[*trusted_factories, name]).eval()
     with torch.no_grad():
         x = torch.randn(4, *example.shape[1:])
         diff = float((_logits(again(x)) - _logits(small(x))).abs().max())
@@ -1003,6 +1055,7 @@ def export_run(run_dir: str, out: str | None = None, torchscript: bool = False) 
         "finished" if blob["epoch"] >= cfg.train.epochs else f"UNFINISHED: epoch {blob['epoch']} of {cfg.train.epochs}"
     )
     kept = sum(int(torch.as_tensor(v).sum()) for v in keep.values())
+    trust = f", trusted_factories=[{name!r}]" if ":" in name and not is_trusted_factory(name) else ""
     total = sum(g.size for g in graph.groups)
     text = f"""# Exported pruned model
 
@@ -1015,7 +1068,7 @@ the weights:
 
 ```python
 import prunekit
-model = prunekit.load_pruned("{os.path.abspath(out)}")   # an nn.Module with the channels removed
+model = prunekit.load_pruned("{os.path.abspath(out)}"{trust})   # an nn.Module with the channels removed
 model.eval()
 # x: [N, {spec["in_channels"]}, {spec["input_size"]}, {spec["input_size"]}], normalized as in training
 logits = model(x)

@@ -7,6 +7,10 @@
 - any torchvision classification model by name (``resnet18``, ``mobilenet_v2``, ...): random init,
   first conv adapted to the data's channels, classifier to ``num_classes``, and for small inputs
   (< 64 px) the stem's stride/max-pool removed so the feature map does not vanish.
+- ``timm:<name>``: any timm model (``pip install 'prunekit[timm]'``), built with
+  ``timm.create_model(name, pretrained=False, num_classes=..., in_chans=..., **model.kwargs)``; random
+  init, never a download. The ``timm:`` prefix always means this, never the ``package:factory`` form
+  (for a factory inside the timm package write its module, e.g. ``timm.models.resnet:resnet18``).
 - ``package.module:factory``: a user's own model; the factory receives ``num_classes``, ``in_channels``
   and ``input_size`` when its signature accepts them, plus ``model.kwargs``.
 - names added with ``@register_model("name")`` (e.g. from a ``--plugins`` module).
@@ -19,6 +23,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -214,6 +219,115 @@ def _reset_classifier(model: nn.Module, num_classes: int) -> None:
     _replace(model, name, nn.Linear(lin.in_features, num_classes, bias=lin.bias is not None))
 
 
+# ---------------------------------------------------------------------------------------- timm
+
+TIMM_PREFIX = "timm:"
+TIMM_INSTALL = "pip install 'prunekit[timm]'"
+
+
+def _import_timm(name: str) -> Any:
+    """The timm module, or a one-line ImportError saying how to install it."""
+    try:
+        import timm
+    except ImportError:
+        raise ImportError(f"model {name!r} needs timm, which is not installed: {TIMM_INSTALL}") from None
+    major = str(getattr(timm, "__version__", "0")).split(".")[0]
+    if not major.isdigit() or int(major) < 1:
+        raise ImportError(f"model {name!r} needs timm>=1.0, found {timm.__version__}: {TIMM_INSTALL}")
+    return timm
+
+
+def timm_installed() -> str | None:
+    """The installed timm version, or None (without importing timm)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("timm")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def timm_model(name: str, num_classes: int = 1000, in_channels: int = 3, **kw: Any) -> nn.Module:
+    """``timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kw)``.
+
+    ``name`` is a timm registry name without the ``timm:`` prefix (a pretrained tag such as
+    ``resnet18.a1_in1k`` is accepted and only selects the architecture's config). Weights are never
+    downloaded: ``pretrained=True`` and Hub/local-dir sources are refused."""
+    spec = TIMM_PREFIX + name
+    timm = _import_timm(spec)
+    if kw.get("pretrained"):
+        raise ValueError(
+            f"model {spec!r}: prunekit never downloads weights; drop model.kwargs.pretrained "
+            "(timm models are built with random init and trained by the harness)"
+        )
+    kw.pop("pretrained", None)
+    for key, what in (("num_classes", "the dataset's classes"), ("in_chans", "the dataset's channels")):
+        if key in kw:
+            raise ValueError(f"model {spec!r}: model.kwargs.{key} is set by prunekit from {what}; remove it")
+    if not name or ":" in name or "/" in name:
+        raise ValueError(
+            f"model {spec!r}: give a timm registry name (e.g. timm:resnet18); prunekit never downloads, so "
+            "hf-hub:/local-dir: sources are not supported"
+        )
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(repr(TIMM_PREFIX + c) for c in close)}? " if close else ""
+        raise ValueError(f"unknown timm model {name!r}; {hint}see timm.list_models() for the names")
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kw)
+
+
+# ---------------------------------------------------------------------------------------- leaf modules
+
+
+def _class_names(cls: type) -> set[str]:
+    return {cls.__name__, cls.__qualname__, f"{cls.__module__}.{cls.__qualname__}"}
+
+
+def _import_class(path: str) -> type | None:
+    """``"timm.layers.Conv2dSame"`` -> the class, from an already imported module (a re-export counts); else
+    None. Nothing is imported: a config names leaf modules, and importing a module runs its code, while any
+    class the model uses is imported already."""
+    mod_name, _, attr = path.rpartition(".")
+    obj = getattr(sys.modules.get(mod_name), attr, None) if mod_name else None
+    return obj if isinstance(obj, type) and issubclass(obj, nn.Module) else None
+
+
+def resolve_leaf_modules(model: nn.Module, names: list[str] | tuple[str, ...] | None) -> list[type | str]:
+    """``model.leaf_modules`` -> the ``leaf_modules`` argument of ``pk.build_graph``.
+
+    Each entry is a submodule's qualified name (``"layer1.0"``), a class name (``"Conv2dSame"``), or a
+    class's dotted path (``"timm.layers.Conv2dSame"``, or its defining module's
+    ``"timm.layers.conv2d_same.Conv2dSame"``). A class matches the model's submodules of that class or a
+    subclass. A name that matches nothing in the model is a one-line ValueError with close matches."""
+    out: list[type | str] = []
+    if not names:
+        return out
+    subs = dict(model.named_modules())
+    classes = {type(m) for m in subs.values()}
+    for entry in names:
+        if not isinstance(entry, str) or not entry:
+            raise ValueError(f"model.leaf_modules entries are module names or class names, got {entry!r}")
+        if entry in subs:
+            out.append(entry)
+            continue
+        found = [c for c in classes if entry in _class_names(c)]
+        cls = _import_class(entry) if not found else None
+        if cls is not None:
+            found = [c for c in classes if issubclass(c, cls)]
+        if found:
+            out.extend(sorted(set(found) if cls is None else {cls}, key=lambda c: c.__qualname__))
+            continue
+        known = sorted({n for n in subs if n} | {n for c in classes for n in _class_names(c)})
+        close = difflib.get_close_matches(entry, known, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        what = f"names class {cls.__qualname__}, not used in" if cls is not None else "matches no submodule or class of"
+        raise ValueError(
+            f"model.leaf_modules: {entry!r} {what} the model {type(model).__name__}{hint} (entries are "
+            "qualified submodule names like 'layer1.0' or class names like 'Conv2dSame')"
+        )
+    return out
+
+
 # ---------------------------------------------------------------------------------------- build_model
 
 
@@ -235,9 +349,11 @@ def list_models() -> list[str]:
 def build_model(name: str, num_classes: int = 10, in_channels: int = 3, input_size: int = 32, **kw: Any) -> nn.Module:
     """The model ``name`` for ``num_classes`` classes and inputs [N, in_channels, input_size, input_size].
 
-    ``name``: a registered name (``list_models()``), a torchvision model name, or
+    ``name``: a registered name (``list_models()``), a torchvision model name, ``timm:<name>`` or
     ``package.module:factory``. Raises ValueError listing the choices for an unknown name."""
-    if ":" in name:
+    if name.startswith(TIMM_PREFIX):  # before package:factory: "timm:resnet18" is a timm model name
+        model = timm_model(name[len(TIMM_PREFIX) :], num_classes, in_channels, **kw)
+    elif ":" in name:
         mod_name, _, attr = name.partition(":")
         try:
             fn = getattr(importlib.import_module(mod_name), attr)
@@ -255,7 +371,7 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3, input_si
             hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
             raise ValueError(
                 f"unknown model {name!r}; {hint}choices: {', '.join(list_models())}, any torchvision model "
-                f"(`prunekit list models`), or 'package.module:factory'"
+                f"(`prunekit list models`), timm:<name>, or 'package.module:factory'"
             )
         model = torchvision_model(name, num_classes, in_channels, input_size, **kw)
     if not isinstance(model, nn.Module):
@@ -291,7 +407,10 @@ __all__ = [
     "cifar_resnet",
     "list_models",
     "register_model",
+    "resolve_leaf_modules",
     "small_cnn",
+    "timm_installed",
+    "timm_model",
     "torchvision_model",
     "torchvision_names",
 ]
