@@ -142,6 +142,7 @@ class Propagator:
         self.unused_params: list[str] = []
         self.stat_sites: list[StatSite] = []
         self.size_attrs: list[tuple[str, str, int, str]] = []  # (module, attribute, index, stat member key)
+        self.sizes_seen = False  # whether any x.size()/x.shape of a tensor with channels was read
         self.opaque = traced.opaque
 
     # -- helpers ---------------------------------------------------------------------------------------
@@ -521,14 +522,17 @@ class Propagator:
         t = node.target
         method = node.op == "call_method"
         if method and t in SHAPE_METHODS or (not method and t is getattr):
-            return self.size_of(node)
-        counts = [a for a in _node_args(node) if isinstance(self.env.get(a), (ChanCount, SizeOf))]
-        if counts and not isinstance(self.values.get(node), torch.Tensor):
-            return self.size_arith(node, counts)
-        moves = (not method and t in MOVE_FUNCTIONS) or (method and t in MOVE_METHODS)
-        if counts and not (moves and len(self.inputs(node)) == 1):
-            # a tensor made with a channel count (torch.zeros(B, C), a view of a tensor without channels)
-            self.check_sizes(node, None)
+            size = self.size_of(node)
+            self.sizes_seen = self.sizes_seen or size is not None
+            return size
+        if self.sizes_seen:  # only models that read a channel count pay for looking
+            counts = [a for a in _node_args(node) if isinstance(self.env.get(a), (ChanCount, SizeOf))]
+            if counts and not isinstance(self.values.get(node), torch.Tensor):
+                return self.size_arith(node, counts)
+            moves = (not method and t in MOVE_FUNCTIONS) or (method and t in MOVE_METHODS)
+            if counts and not (moves and len(self.inputs(node)) == 1):
+                # a tensor made with a channel count (torch.zeros(B, C), a view of a tensor without channels)
+                self.check_sizes(node, None)
         if not method and t in _NORM_FUNCTIONS:
             return self.functional_norm(node)
         if not method and t in (F.linear, F.conv1d, F.conv2d, F.conv3d):
@@ -881,7 +885,7 @@ class Propagator:
         inp = self.values.get(src) if isinstance(src, fx.Node) else None
         if len(anns) != 1 or not isinstance(x, Ann) or not isinstance(inp, torch.Tensor):
             return self.unknown(node)
-        if not self.check_sizes(node, x):
+        if self.sizes_seen and not self.check_sizes(node, x):
             return None
         shape = [1] * inp.dim()
         if x.spread is None:

@@ -18,9 +18,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import run_all  # noqa: E402
 
-# pages whose published run predates the command in run_all (rerun pending; remove once rerun):
-# graph_build*: now measured at one thread and at the machine's default (--threads 1 default)
-RERUN_PENDING = {"graph_build", "graph_build_512"}
+# pages whose published run predates the command in run_all (rerun pending; remove once rerun)
+RERUN_PENDING: set[str] = set()
 
 
 def published_command(page: Path) -> str | None:
