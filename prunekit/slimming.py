@@ -21,14 +21,15 @@ def slim(model: nn.Module, graph: ChannelGraph, keep: dict[str, Any]) -> nn.Modu
     ``slim(model, g, keep)(x)`` equals ``apply_masks(copy_of_model, g, keep)(x)`` (eval mode)."""
     small = copy.deepcopy(unwrap(model))
     positions = pruned_positions(graph, keep)
-    for site, mask in zip(graph.stats, graph.stat_masks(graph.validate_keep(keep)).values()):
+    valid = graph.validate_keep(keep)
+    masks = graph.stat_masks(valid)
+    for site in graph.stats:
         owner = small.get_submodule(site.module) if site.module else small
         masked.remove(owner)  # the slimmed model computes its statistics over what is left
         if site.kind == "layer_norm":  # normalized_shape, checked to be the module's attribute by the graph
             shape = list(owner.normalized_shape)
-            shape[site.dim - site.extra["in_dims"] + len(shape)] = int(mask.sum())
+            shape[site.dim - site.extra["in_dims"] + len(shape)] = int(masks[(site.module, site.buffer)].sum())
             owner.normalized_shape = tuple(shape)
-    valid = graph.validate_keep(keep)
     for module, attr, index, key in graph.size_attrs:  # channel counts written in module attributes
         owner = small.get_submodule(module) if module else small
         old = getattr(owner, attr)
@@ -93,7 +94,5 @@ def _fix_attributes(mod: nn.Module, before: dict[str, tuple[int, ...]]) -> None:
         old = before.get("weight", mod.weight.shape)[0]
         mod.num_groups = mod.num_groups * mod.weight.shape[0] // old if mod.num_groups > 1 else 1
         mod.num_channels = mod.weight.shape[0]
-    elif isinstance(mod, nn.LayerNorm) and mod.weight is not None:
-        mod.normalized_shape = tuple(mod.weight.shape)
     elif isinstance(mod, nn.PReLU):
         mod.num_parameters = mod.weight.shape[0]
