@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP):
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(TORCH) -e '.[dev]'
+	$(BIN)/python -m pip install -q $(TORCH) -e '.[dev,onnx]'
 	rm -f $(VENV)/.setup-*
 	touch $(STAMP)
 

@@ -54,7 +54,7 @@ MUTATIONS = [
     Mutation(
         "harness_no_optimizer_step",
         "the training loop never steps the optimizer (the model does not learn)",
-        (("prunekit/harness.py", "scaler.step(optimizer)", "pass  # mutation: no optimizer step"),),
+        (("prunekit/trainer.py", "scaler.step(optimizer)", "pass  # mutation: no optimizer step"),),
         ("tests/test_learning.py",),
     ),
     Mutation(

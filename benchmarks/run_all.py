@@ -4,7 +4,7 @@ docs/results/*.md, one after the other, each writing its Markdown and JSON to do
     .venv/bin/python benchmarks/run_all.py                  # every page: about 4.5 hours on 2 CPU cores
     .venv/bin/python benchmarks/run_all.py --list           # the commands, without running them
     .venv/bin/python benchmarks/run_all.py --only graph_build overhead
-    .venv/bin/python benchmarks/run_all.py --skip-long      # all but the Fashion-MNIST training (~1.3 hours)
+    .venv/bin/python benchmarks/run_all.py --skip-long      # all but the Fashion-MNIST training and train_throughput
     .venv/bin/python benchmarks/run_all.py --quick --out /tmp/res   # each script's --quick mode (smoke test)
 
 PAGES holds the exact published commands (tests/test_bench_commands.py checks them against the pages), so
@@ -61,6 +61,9 @@ PAGES = [
     ),
     Page("overhead", ".venv/bin/python benchmarks/overhead.py", 5),
     Page("speedup", ".venv/bin/python benchmarks/speedup.py", 3),
+    Page("latency_stability", ".venv/bin/python benchmarks/latency_stability.py", 3),
+    Page("latency_budget", ".venv/bin/python benchmarks/latency_budget.py", 10),
+    Page("train_throughput", ".venv/bin/python benchmarks/train_throughput.py --threads 1", 33),
     Page("chex_event_cost", "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/chex_event_cost.py", 6),
     Page("chex_ablation", "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/chex_ablation.py", 18),
     Page(

@@ -18,6 +18,11 @@ Small forwards are repeated inside a run (``reps``) so that one run lasts at lea
 are per forward. Writes ``speedup.md`` and ``speedup.json`` to
 ``--out`` (default docs/results/). Target: the slimmed ResNet-50 at batch 32 reaches >= 0.85 of its ideal
 (MACs) speedup.
+
+ONNX Runtime (``--onnx-models``, default ResNet-50; ``--quick``: ResNet-20): the dense model and each slimmed
+variant are exported with ``pk.export_onnx`` (checked against PyTorch with onnxruntime: max abs difference in
+the table) and timed in onnxruntime's CPU provider (``--threads`` intra-op threads) the same way, interleaved
+in one process, medians. Needs ``pip install 'prunekit[onnx]'``; ``--onnx-models`` with no names skips it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import json
 import math
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -51,6 +57,7 @@ QUICK_MODELS = {"resnet18": 64, "resnet20": 32}
 CIFAR = {"resnet20", "resnet32", "resnet44", "resnet56", "resnet110"}
 MAX_RUNS = 40
 TARGET = {"model": "resnet50", "batch": 32, "fraction_of_ideal": 0.85}
+ONNX_MODELS, QUICK_ONNX_MODELS = ["resnet50"], ["resnet20"]
 
 
 
@@ -151,6 +158,8 @@ def bench(name: str, size: int, args) -> list[dict]:
         slimmed[f"r{r}"] = small
         del masked
     prep_s = time.perf_counter() - t0
+    if name in args.onnx_models:
+        args.onnx_rows += bench_onnx(name, size, slimmed, x1, macs_dense, variants, args)
     rows = []
     for b in args.batches:
         x = torch.randn(b, 3, size, size, generator=torch.Generator().manual_seed(2))
@@ -180,6 +189,77 @@ def bench(name: str, size: int, args) -> list[dict]:
     return rows
 
 
+def bench_onnx(name: str, size: int, models: dict[str, nn.Module], x1: torch.Tensor, macs_dense: int,
+               variants: dict[int, dict], args) -> list[dict]:  # fmt: skip
+    """onnxruntime latency of the dense model and each slimmed variant: exported with pk.export_onnx (checked
+    against PyTorch), then timed like the PyTorch models (warm-up, interleaved runs, medians)."""
+    from prunekit.onnx_export import onnx_session
+
+    t0 = time.perf_counter()
+    runners, diffs = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for key, model in models.items():
+            report = pk.export_onnx(model, x1, str(Path(tmp) / f"{key}.onnx"))
+            diffs[key] = report.max_abs_diff
+            sess = onnx_session(report.path, threads=args.threads)
+            runners[key] = lambda x, s=sess: s.run(None, {"input": x.numpy()})
+    export_s = time.perf_counter() - t0
+    import onnxruntime
+
+    rows = []
+    for b in args.batches:
+        x = torch.randn(b, 3, size, size, generator=torch.Generator().manual_seed(2))
+        m = measure(runners, x, args.runs, args.warmup, args.min_run_ms / 1000, args.budget_s)
+        dense_ms = statistics.median(m["times"]["dense"]) * 1000
+        for r in args.round_to:
+            slim_ms = statistics.median(m["times"][f"r{r}"]) * 1000
+            ideal = macs_dense / variants[r]["macs_slim"]
+            rows.append({
+                "model": name, "input": [b, 3, size, size], "batch": b, "round_to": r, "runtime": "onnxruntime "
+                + onnxruntime.__version__, "dense_ms": dense_ms, "slim_ms": slim_ms, "speedup": dense_ms / slim_ms,
+                "ideal_speedup": ideal, "fraction_of_ideal": dense_ms / slim_ms / ideal,
+                "macs_fraction": variants[r]["macs_fraction"], "max_abs_diff_dense": diffs["dense"],
+                "max_abs_diff_slim": diffs[f"r{r}"], "reps": m["reps"],
+                "dense_runs_ms": [t * 1000 for t in m["times"]["dense"]],
+                "slim_runs_ms": [t * 1000 for t in m["times"][f"r{r}"]], "export_s": export_s,
+            })  # fmt: skip
+            print(
+                f"{name:13s} onnxruntime round_to {r} batch {b:3d}: dense {dense_ms:9.2f} ms  slim {slim_ms:9.2f} ms"
+                f"  speedup {dense_ms / slim_ms:.2f} / ideal {ideal:.2f}  diff {diffs[f'r{r}']:.1e}",
+                flush=True,
+            )
+    return rows
+
+
+def onnx_lines(rows: list[dict], settings: dict) -> list[str]:
+    """The page's ONNX Runtime section."""
+    if not rows:
+        return []
+    lines = [
+        "",
+        f"## ONNX Runtime ({rows[0]['runtime']})",
+        "",
+        "The same dense model and slimmed variants, exported with `pk.export_onnx` (torch's `torch.export`-based "
+        "exporter, dynamic batch) and run in onnxruntime's CPU execution provider with "
+        f"{settings['threads']} intra-op threads, timed as above: warm-up, runs interleaving the dense model and "
+        "the slimmed variants in one process, median ms per forward pass. *max abs diff* = the largest "
+        "|onnxruntime - PyTorch| of the export's check (its example and a batch of 3), dense / slimmed.",
+        "",
+        "| model | input | round_to | batch | dense ms | slimmed ms | speedup | ideal (MACs) | of ideal "
+        "| MACs kept | max abs diff | runs | reps |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        size = "x".join(map(str, r["input"][2:]))
+        lines.append(
+            f"| {r['model']} | {size} | {r['round_to']} | {r['batch']} | {r['dense_ms']:.2f} | {r['slim_ms']:.2f} "
+            f"| {r['speedup']:.2f} | {r['ideal_speedup']:.2f} | {r['fraction_of_ideal']:.2f} "
+            f"| {r['macs_fraction']:.4f} | {r['max_abs_diff_dense']:.1e} / {r['max_abs_diff_slim']:.1e} "
+            f"| {len(r['slim_runs_ms'])} | {r['reps']} |"
+        )
+    return lines
+
+
 def target_status(rows: list[dict]) -> dict:
     hits = [r for r in rows if r["model"] == TARGET["model"] and r["batch"] == TARGET["batch"]]
     out = {**TARGET, "measured": {str(r["round_to"]): r["fraction_of_ideal"] for r in hits}}
@@ -187,7 +267,9 @@ def target_status(rows: list[dict]) -> dict:
     return out
 
 
-def write(out: Path, rows: list[dict], info: dict, settings: dict, command: str, total_s: float) -> None:
+def write(
+    out: Path, rows: list[dict], info: dict, settings: dict, command: str, total_s: float, onnx_rows: list[dict]
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     info = {"load_1min_at_end": load_avg(), **info}
     # the load at the end includes our own threads; at the start it does not
@@ -196,7 +278,7 @@ def write(out: Path, rows: list[dict], info: dict, settings: dict, command: str,
     busy = bool(loads) and max(loads) > (info["cores"] or 1) + 1 and threads > 1
     target = target_status(rows)
     data = {"machine": info, "command": command, "settings": settings, "target": target, "total_s": total_s,
-            "results": rows}  # fmt: skip
+            "results": rows, "onnx_results": onnx_rows}  # fmt: skip
     (out / "speedup.json").write_text(json.dumps(data, indent=1))
     lines = [
         "# Real speedup: slimmed vs dense CPU latency at 50% of the MACs",
@@ -250,6 +332,7 @@ def write(out: Path, rows: list[dict], info: dict, settings: dict, command: str,
         seen = sorted({(r["model"], r["round_to"], round(r["macs_fraction"], 4)) for r in off})
         lines += ["", "MACs budget missed by more than 1%: " + ", ".join(
             f"{m} round_to={rt} keeps {f:.4f}" for m, rt, f in seen) + "."]  # fmt: skip
+    lines += onnx_lines(onnx_rows, settings)
     lines += [
         "",
         f"Machine: {info['cpu']}, {info['cores']} cores ({info['torch_threads']} torch threads), "
@@ -311,6 +394,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         dest="min_run_ms",
         help="repeat short forwards within a run up to this many ms (default 100; --quick: 20)",
     )
+    ap.add_argument(
+        "--onnx-models",
+        nargs="*",
+        default=None,
+        dest="onnx_models",
+        help=f"also time these models in onnxruntime (default {' '.join(ONNX_MODELS)}; --quick: "
+        f"{' '.join(QUICK_ONNX_MODELS)}; no names: none)",
+    )
     ap.add_argument("--quick", action="store_true", help="resnet18 at 64x64 and resnet20, batch 1 and 4, 2 runs")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results"), help="output folder")
     args = ap.parse_args(argv)  # fmt: skip
@@ -327,6 +418,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     args.budget_s = args.budget_s if args.budget_s is not None else (0.0 if args.quick else 15.0)
     args.min_run_ms = args.min_run_ms if args.min_run_ms is not None else (20.0 if args.quick else 100.0)
+    if args.onnx_models is None:
+        args.onnx_models = QUICK_ONNX_MODELS if args.quick else ONNX_MODELS
+    args.onnx_rows = []
     torch.set_num_threads(args.threads)
     try:
         torch.set_num_interop_threads(1)
@@ -336,12 +430,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     info = machine_info(torch.get_num_threads())
     settings = {"models": models, "batches": args.batches, "round_to": args.round_to, "macs": args.macs,
                 "threads": args.threads, "runs": args.runs, "budget_s": args.budget_s, "warmup": args.warmup,
-                "min_run_ms": args.min_run_ms, "strategy": "magnitude", "quick": args.quick}  # fmt: skip
+                "min_run_ms": args.min_run_ms, "strategy": "magnitude", "quick": args.quick,
+                "onnx_models": args.onnx_models}  # fmt: skip
     t0 = time.perf_counter()
     rows = []
     for name, size in models.items():
         rows += bench(name, size, args)
-    write(Path(args.out), rows, info, settings, command.strip(), time.perf_counter() - t0)
+    write(Path(args.out), rows, info, settings, command.strip(), time.perf_counter() - t0, args.onnx_rows)
     return rows
 
 

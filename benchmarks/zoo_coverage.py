@@ -221,12 +221,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--suite", choices=("torchvision", "timm"), default="torchvision",
                     help="torchvision's classification models, or issue 11's timm development list "
                     "(benchmarks/timm_coverage.py)")  # fmt: skip
-    ap.add_argument("--resume", action="store_true", help="timm: skip the models already in the JSON")
+    ap.add_argument("--resume", action="store_true", help="skip the models already in the JSON (a partial run)")
     args = ap.parse_args(argv)
     if args.suite == "timm":
         import timm_coverage
 
-        names = args.models or (timm_coverage.QUICK if args.quick else timm_coverage.DEV_LIST)
+        names = args.models or (timm_coverage.QUICK if args.quick else timm_coverage.DEV_LIST + timm_coverage.BEYOND)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return timm_coverage.run(names, Path(args.out), command_line("zoo_coverage.py", argv), args.resume)
@@ -235,8 +235,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     skipped = {n: TOO_BIG[n] for n in names if n in TOO_BIG}
     rows: list[dict] = []
     out = Path(args.out)
+    if args.resume and (out / "zoo_coverage.json").exists():
+        rows = [r for r in json.loads((out / "zoo_coverage.json").read_text())["results"] if r["model"] in names]
+        print(f"--resume: {len(rows)} model(s) kept", flush=True)
+    seen = {r["model"] for r in rows}
     for name in names:
-        if name in skipped:
+        if name in skipped or name in seen:
             continue
         t = time.perf_counter()
         try:

@@ -47,8 +47,9 @@ def build_graph(model: nn.Module, example_inputs: Any, leaf_modules: Iterable[ty
     prop.run()
     terms = []
     for t in prop.macs_terms:
-        w = prop.modules[t.module].weight
-        terms.append((t.module, t.coef, w.shape[0], w.shape[1]))
+        w = getattr(prop.modules[t.module], t.param)
+        term = (t.module, t.coef, t.rows or w.shape[0], w.shape[1])
+        terms.append(term if t.param == "weight" else (*term, t.param))
     groups, frozen = _gather(atoms)
     sites = {(st.module, st.buffer): st for st in prop.stat_sites}
     stat_members: dict[tuple[str, str], list[tuple[str, Member]]] = {}
@@ -61,8 +62,17 @@ def build_graph(model: nn.Module, example_inputs: Any, leaf_modules: Iterable[ty
                 stat_members.setdefault((m.module, m.param), []).append((grp.id, m))
         grp.members = kept
     size_attrs = list(dict.fromkeys(prop.size_attrs))
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if not isinstance(p, nn.UninitializedParameter)}
     return ChannelGraph(
-        groups, frozen, type(model).__name__, terms, list(sites.values()), stat_members, traced.opaque, size_attrs
+        groups,
+        frozen,
+        type(model).__name__,
+        terms,
+        list(sites.values()),
+        stat_members,
+        traced.opaque,
+        size_attrs,
+        param_shapes=shapes,
     )
 
 

@@ -79,7 +79,7 @@ class StatSite:
     module: str
     key: str
     ordinal: int
-    kind: str  # "layer_norm", "group_norm" (one group) or "reduce"
+    kind: str  # "layer_norm", "group_norm" (one group), "reduce" or "weight_std" (a filter over its inputs)
     dim: int
     size: int
     extra: dict[str, Any] = field(default_factory=dict)
@@ -130,6 +130,13 @@ class ChannelGroup:
         }
 
 
+class GraphModelError(ValueError, KeyError):
+    """A channel graph used with a model it was not built from (other parameter names or shapes)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 class ChannelGraph:
     """Prunable channel groups and frozen channel sets of one model, held in a networkx graph.
 
@@ -142,13 +149,17 @@ class ChannelGraph:
         groups: list[ChannelGroup],
         frozen: list[ChannelGroup],
         model_name: str = "model",
-        macs_terms: list[tuple[str, int, int, int]] | None = None,
+        macs_terms: list[tuple[Any, ...]] | None = None,
         stats: list[StatSite] | None = None,
         stat_members: dict[tuple[str, str], list[tuple[str, Member]]] | None = None,
         opaque: dict[str, str] | None = None,
         size_attrs: list[tuple[str, str, int, str]] | None = None,
+        param_shapes: dict[str, tuple[int, ...]] | None = None,
     ):
         self.groups = groups
+        # {qualified parameter name: shape} of the model the graph was built from (None: not recorded, e.g. a
+        # plan written by an older prunekit); see check_model
+        self.param_shapes = None if param_shapes is None else {k: tuple(v) for k, v in param_shapes.items()}
         self.frozen = frozen
         self.model_name = model_name
         # statistics over channels, and which group channels each one's positions hold (prunable groups only)
@@ -270,11 +281,34 @@ class ChannelGraph:
         """Conv/linear MACs of one sample under ``keep`` (None: the dense model); exact for those layers."""
         keep = self.validate_keep(keep) if keep else {}
         total = 0
-        for module, coef, n0, n1 in self.macs_terms:
-            k0 = self.kept_positions(module, "weight", 0, n0, keep)
-            k1 = self.kept_positions(module, "weight", 1, n1, keep)
+        for module, coef, n0, n1, *param in self.macs_terms:  # (..., param) where the weight is not "weight"
+            p = param[0] if param else "weight"
+            k0 = self.kept_positions(module, p, 0, n0, keep)
+            k1 = self.kept_positions(module, p, 1, n1, keep)
             total += coef * k0 * k1
         return total
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise GraphModelError (a ValueError) unless ``model`` has the parameters (names and shapes) of the
+        model this graph was built from: a graph applies to copies of its own model only (deepcopy,
+        checkpoint, DDP)."""
+        if self.param_shapes is None:
+            return
+        have = {n: tuple(p.shape) for n, p in model.named_parameters() if not _uninitialized(p)}
+        fix = "build this model's own graph with pk.build_graph(model, example_inputs)"
+        what = f"this {type(model).__name__} is not the model the graph was built on"
+        for name, shape in self.param_shapes.items():
+            if name not in have:
+                raise GraphModelError(f"{what}: it has no parameter {name}; {fix}")
+            if have[name] != shape:
+                raise GraphModelError(
+                    f"{what}: {name} has shape {have[name]} here and {shape} there (is this model slimmed "
+                    f"already?); {fix}"
+                )
+        extra = [n for n in have if n not in self.param_shapes]
+        if extra:
+            more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
+            raise GraphModelError(f"{what}: it has parameters that one had not ({', '.join(extra[:3])}{more}); {fix}")
 
     def full_keep(self) -> dict[str, torch.Tensor]:
         """A keep dict that keeps every channel of every prunable group."""
@@ -294,6 +328,7 @@ class ChannelGraph:
             ],
             "opaque": self.opaque,
             "size_attrs": [list(a) for a in self.size_attrs],
+            "param_shapes": None if self.param_shapes is None else {k: list(v) for k, v in self.param_shapes.items()},
         }
 
     def to_json(self, path: str | None = None) -> str:
@@ -333,6 +368,7 @@ class ChannelGraph:
             stat_members,
             data.get("opaque", {}),
             data.get("size_attrs", []),
+            data.get("param_shapes"),
         )
 
     def to_dot(self, path: str | None = None) -> str:
@@ -366,3 +402,7 @@ def lookup_tensor(model: nn.Module, module: str, param: str) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise KeyError(f"{module or '<root>'} has no tensor {param!r}: is this the model the graph was built on?")
     return t
+
+
+def _uninitialized(p: torch.Tensor) -> bool:
+    return isinstance(p, nn.parameter.UninitializedParameter)

@@ -107,6 +107,15 @@ def _trace_masked(module: nn.Module, sites: dict[str, StatSite]) -> Any:
 
 def _masked_op(kind: str, key: str, cdim: int, mask: torch.Tensor, args: tuple, kwargs: dict) -> Any:
     x = args[0]
+    if kind == "weight_std":  # F.batch_norm(w.reshape(1, out, in * k), ...): each filter over its kept inputs
+        names = ("running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+        a = {**dict(zip(names, args[1:])), **{k: v for k, v in kwargs.items() if k in names}}
+        per_input = x.shape[2] // mask.shape[0]
+        m = mask.repeat_interleave(per_input).view(1, 1, -1)
+        w, b = a.get("weight"), a.get("bias")
+        w = None if w is None else w.view(1, -1, 1)
+        b = None if b is None else b.view(1, -1, 1)
+        return _normalize(x, m, (2,), w, b, a.get("eps", 1e-5))
     shape = [1] * x.dim()
     shape[cdim] = mask.shape[0]
     m = mask.view(shape)

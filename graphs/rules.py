@@ -19,7 +19,8 @@ from torch import nn
 from . import shapes
 from .atoms import Ann, Atoms, ParamRef
 from .graph import StatSite
-from .trace import Traced
+from .layers import WINDOW_ATTENTION, PrunedMultiheadAttention, swin
+from .trace import AS_PARENT, Traced
 
 # -- op tables -------------------------------------------------------------------------------------------
 
@@ -83,17 +84,6 @@ INSTANCE_NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-# Subclasses of standard layers whose forward differs from the parent's, verified to prune as their parent
-# (tests/test_graph_subclasses.py checks each with the equivalence check): "conv" prunes as its parent,
-# "conv_out" only its output channels (weight standardization mixes the input channels of a filter).
-AS_PARENT = {
-    "timm.layers.conv2d_same.Conv2dSame": "conv",
-    "timm.layers.std_conv.StdConv2d": "conv_out",
-    "timm.layers.std_conv.StdConv2dSame": "conv_out",
-    "timm.layers.std_conv.ScaledStdConv2d": "conv_out",
-    "timm.layers.std_conv.ScaledStdConv2dSame": "conv_out",
-    "timm.layers.norm_act.BatchNormAct2d": "norm",
-}
 _STANDARD = (*CONVS, nn.Linear, *NORMS, *INSTANCE_NORMS, nn.GroupNorm, nn.LayerNorm)
 
 
@@ -123,10 +113,13 @@ class ChanCount:
 
 @dataclass
 class MacsTerm:
-    """MACs of one conv/linear call: ``coef * kept(weight dim 0) * kept(weight dim 1)`` per sample."""
+    """MACs of one conv/linear call: ``coef * kept(weight dim 0) * kept(weight dim 1)`` per sample
+    (``param`` names the weight; ``rows``: how many of its dim-0 rows the call uses, None for all)."""
 
     module: str
     coef: int
+    param: str = "weight"
+    rows: int | None = None
 
 
 class Propagator:
@@ -143,6 +136,7 @@ class Propagator:
         self.stat_sites: list[StatSite] = []
         self.size_attrs: list[tuple[str, str, int, str]] = []  # (module, attribute, index, stat member key)
         self.sizes_seen = False  # whether any x.size()/x.shape of a tensor with channels was read
+        self.size_checks: list[tuple[str, torch.Tensor, torch.Tensor]] = []  # decided once couplings are known
         self.opaque = traced.opaque
 
     # -- helpers ---------------------------------------------------------------------------------------
@@ -182,6 +176,20 @@ class Propagator:
     def run(self) -> None:
         for node in self.graph.nodes:
             self.env[node] = self.visit(node)
+        self.finish_size_checks()
+
+    def finish_size_checks(self) -> None:
+        """A view sized with the channel count of channels that are not yet known to be its input's may still
+        be exact: timm's Swin reshapes its attention output with the count of the block's input, and the two
+        are coupled later, by the residual add. Once every coupling is known, the two channel sets must be
+        the same classes (so their kept counts agree under any mask), or both are frozen."""
+        if not self.size_checks:
+            return
+        labels = self.atoms.roots()
+        for why, counted, viewed in self.size_checks:
+            if not torch.equal(torch.sort(labels[counted]).values, torch.sort(labels[viewed]).values):
+                self.atoms.freeze(counted, why)
+                self.atoms.freeze(viewed, why)
 
     def visit(self, node: fx.Node) -> Any:
         op = node.op
@@ -239,17 +247,21 @@ class Propagator:
             if name in self.opaque and "pruned as" not in self.opaque[name]:
                 self.opaque[name] += f"; pruned as {base.__name__} (a verified subclass: channels as its parent's)"
             if how == "conv_out":
-                return self.conv(
-                    node,
-                    name,
-                    m,
-                    x,
-                    out,
-                    frozen_in=f"{type(m).__name__} standardizes each filter "
-                    "over its input channels: pruning them would change the standardization",
-                )
+                # weight standardization: each filter is normalized over its input channels (F.batch_norm on
+                # the weight in the module's forward). With groups == 1 that is a statistics site: the masked
+                # model standardizes over the kept input channels, as the slimmed conv does. Whole groups
+                # (grouped, depthwise) keep every input of a kept filter: nothing to mask.
+                ann = self.conv(node, name, m, x, out)
+                gain = getattr(m, "gain", None)  # ScaledStdConv2d: a gain per filter
+                if isinstance(gain, torch.Tensor) and gain.dim() >= 1 and gain.shape[0] == m.out_channels:
+                    self.atoms.alias(name, "gain", 0, "out", of=(name, "weight", 0))
+                if m.groups == 1 and isinstance(x, Ann) and x.dim == 1 and x.size == m.in_channels:
+                    self.stat_site(node, x, (name, "batch_norm", 0), "weight_std")
+                return ann
         elif name in self.opaque:
             return self.unknown(node, f"module {name} is kept whole: fx cannot trace it ({self.opaque[name]})")
+        if isinstance(m, nn.MultiheadAttention) and type(m).forward in _MHA_FORWARDS:
+            return self.attention(node, name, m)
         if isinstance(m, CONVS):
             return self.conv(node, name, m, x, out)
         if isinstance(m, nn.Linear):
@@ -333,6 +345,79 @@ class Propagator:
         rows = out.numel() // (out.shape[0] if out.dim() > 1 else 1) // m.out_features
         self.macs_terms.append(MacsTerm(name, rows))
         return Ann(out.dim() - 1, w_out)
+
+    def attention(self, node: fx.Node, name: str, m: nn.MultiheadAttention) -> Any:
+        """``nn.MultiheadAttention``: its query, key and value inputs are read by the columns of their input
+        projections, and its output channels are the rows of ``out_proj``: those are the channels the rest of
+        the model sees (a transformer's residual stream). Its heads are internal and stay whole. Slimming a
+        MultiheadAttention with fewer input channels makes it a ``PrunedMultiheadAttention``."""
+        A = self.atoms
+        names = ("query", "key", "value")
+        bound = dict(zip(names, node.args))
+        bound.update({k: v for k, v in node.kwargs.items() if k in names})
+        vals = [self.values.get(bound.get(k)) for k in names]
+        anns = [self.env.get(bound.get(k)) if isinstance(bound.get(k), fx.Node) else None for k in names]
+        out = self.values.get(node)
+        if not all(isinstance(v, torch.Tensor) for v in vals) or not isinstance(out, tuple):
+            return self.unknown(node)
+        if m._qkv_same_embed_dim:  # one packed weight: its columns read query, key and value alike
+            weights = [(name, "in_proj_weight")] * 3
+        else:
+            weights = [(name, f"{p}_proj_weight") for p in "qkv"]
+        E = m.embed_dim
+        batch_dim = 1 if not m.batch_first else 0
+        for (mod, param), a, v in zip(weights, anns, vals):
+            size = v.shape[-1]
+            w_in = A.param(mod, param, 1, size, "in")
+            if isinstance(a, Ann) and a.spread is None and a.dim == v.dim() - 1 and a.size == size:
+                A.union(w_in, a.atoms)
+            else:
+                why = f"{self.describe(node)} reads a tensor whose channel dim is not the last dim"
+                if isinstance(a, Ann):
+                    A.freeze(a.atoms, f"{node.name}: {why}")
+                A.union(w_in, A.fresh(size, f"{name} input", frozen=f"{node.name}: {why}"))
+            per_sample = v.numel() // (v.shape[batch_dim] if v.dim() == 3 else 1) // size
+            self.macs_terms.append(MacsTerm(mod, per_sample, param, E if param == "in_proj_weight" else None))
+        w_out = A.param(f"{name}.out_proj", "weight", 0, E, "out")
+        if m.out_proj.bias is not None:
+            A.alias(f"{name}.out_proj", "bias", 0, "out", of=(f"{name}.out_proj", "weight", 0))
+        tokens = out[0].numel() // (out[0].shape[batch_dim] if out[0].dim() == 3 else 1) // E
+        self.macs_terms.append(MacsTerm(f"{name}.out_proj", tokens))
+        return (Ann(out[0].dim() - 1, w_out), None)
+
+    def window_attention(self, node: fx.Node) -> Any:
+        """torchvision Swin's ``shifted_window_attention(x, qkv.weight, proj.weight, ...)`` called by its
+        ``ShiftedWindowAttention(V2)`` module: like ``attention``, the input channels are the columns of
+        ``qkv`` and the output channels the rows of ``proj``; the heads stay whole. Slimming switches the
+        module to ``PrunedShiftedWindowAttention(V2)``, which takes its head width from its weights."""
+        bound = inspect.signature(node.target).bind(*node.args, **node.kwargs).arguments
+        owner_name = node.meta.get("pk_scope")
+        owner = self.modules.get(owner_name) if owner_name is not None else None
+        x, inp = self.ann(bound.get("input")), self.values.get(bound.get("input"))
+
+        def is_param(arg: str, module: str, param: str) -> bool:  # the module's parameter itself
+            a = bound.get(arg)
+            return isinstance(a, fx.Node) and a.op == "get_attr" and a.target == f"{module}.{param}"
+
+        if not isinstance(owner, swin.ShiftedWindowAttention) or not isinstance(x, Ann) or x.spread is not None:
+            return self.unknown(node)
+        qkv, proj = f"{owner_name}.qkv", f"{owner_name}.proj"
+        ok = is_param("qkv_weight", qkv, "weight") and is_param("proj_weight", proj, "weight")
+        for arg, module in (("qkv_bias", qkv), ("proj_bias", proj)):
+            has = bound.get(arg) is not None
+            ok = ok and has == (self.modules[module].bias is not None)
+            ok = ok and (not has or is_param(arg, module, "bias"))
+        if not ok or x.dim != inp.dim() - 1 or inp.dim() != 4:
+            return self.unknown(node, f"{self.describe(node)} is not called on its module's own layers")
+        A = self.atoms
+        A.union(A.param(qkv, "weight", 1, self.modules[qkv].in_features, "in"), x.atoms)
+        w_out = A.param(proj, "weight", 0, self.modules[proj].out_features, "out")
+        if self.modules[proj].bias is not None:
+            A.alias(proj, "bias", 0, "out", of=(proj, "weight", 0))
+        wh, ww = bound["window_size"]
+        tokens = -(-inp.shape[1] // wh) * wh * -(-inp.shape[2] // ww) * ww  # after padding to whole windows
+        self.macs_terms += [MacsTerm(qkv, tokens), MacsTerm(proj, tokens)]
+        return Ann(x.dim, w_out)
 
     def channel_norm(self, node, name: str, m: nn.Module, x: Any, c: int, role: str = "norm") -> Any:
         if not (isinstance(x, Ann) and x.dim == 1 and x.size == c):
@@ -537,6 +622,13 @@ class Propagator:
             return self.functional_norm(node)
         if not method and t in (F.linear, F.conv1d, F.conv2d, F.conv3d):
             return self.functional_layer(node)
+        if not method and t in WINDOW_ATTENTION:
+            return self.window_attention(node)
+        if not method and t is swin._patch_merging_pad:
+            x = self.ann(node.args[0])
+            if isinstance(x, Ann) and x.spread is None and x.dim == self.values[node.args[0]].dim() - 1:
+                return Ann(x.dim, torch.cat([x.atoms] * 4))  # four strided views side by side
+            return self.unknown(node)
         if not self.inputs(node) and _reads_params(node, self.env):
             return self.param_expr(node)
         if (not method and t is torch.addcmul) or (method and t == "addcmul"):
@@ -557,6 +649,8 @@ class Propagator:
             seq = self.env[node.args[0]]
             idx = node.args[1]
             return seq[idx] if isinstance(idx, int) and -len(seq) <= idx < len(seq) else self.unknown(node)
+        if (not method and t is torch.roll) or (method and t == "roll"):
+            return self.roll(node)
         if (not method and t in MOVE_FUNCTIONS) or (method and t in MOVE_METHODS):
             return self.move(node)
         if (not method and t in PASS_FUNCTIONS) or (method and t in PASS_METHODS):
@@ -627,22 +721,39 @@ class Propagator:
             for t, a in zip(tensors, anns):
                 if isinstance(a, Ann):
                     parts.append(a.atoms)
-                else:
-                    n = self.values[t].shape[dim]
-                    parts.append(
-                        self.atoms.fresh(
-                            n,
-                            f"{node.name} part",
-                            frozen=f"{node.name}: concatenated with a tensor of unknown channel origin",
-                        )
-                    )
+                    continue
+                n = self.values[t].shape[dim]
+                params = self.param_channels(a, dim - (out.dim() - self.values[t].dim()), n)
+                if params is not None:  # a parameter's own channels (a learned token, a fixed embedding)
+                    parts.append(params)
+                    continue
+                why = f"{node.name}: concatenated with a tensor of unknown channel origin"
+                parts.append(self.atoms.fresh(n, f"{node.name} part", frozen=why))
             return Ann(dim, torch.cat(parts))
-        if any(not isinstance(a, Ann) for a in anns):
-            return self.unknown(node, "concatenation with a tensor of unknown channel origin")
-        first = anns[0]
-        for a in anns[1:]:
-            self.atoms.union(a.atoms, first.atoms)
+        first = next(a for a in anns if isinstance(a, Ann))
+        for t, a in zip(tensors, anns):
+            if isinstance(a, Ann):
+                if a is not first:
+                    self.atoms.union(a.atoms, first.atoms)
+                continue
+            # along another dim (a class token before the patch tokens): a parameter's channels join the space
+            params = self.param_channels(a, cd - (out.dim() - self.values[t].dim()), first.size)
+            if params is None:
+                return self.unknown(node, "concatenation with a tensor of unknown channel origin")
+            self.atoms.union(params, first.atoms)
         return first
+
+    def param_channels(self, e: Any, dim: int, size: int) -> torch.Tensor | None:
+        """The atoms of the parameter dims a parameter value ``e`` holds at ``dim`` (coupled together), or None
+        if it is not a parameter value or holds none there."""
+        if not isinstance(e, ParamRef) or e.lost or dim < 0 or dim >= len(e.shape) or e.shape[dim] != size:
+            return None
+        found = [self.atoms.param(m, p, d, size, "param") for m, p, d in e.at(dim)]
+        if not found:
+            return None
+        for f in found[1:]:
+            self.atoms.union(f, found[0])
+        return found[0]
 
     def stack(self, node: fx.Node) -> Any:
         tensors = node.args[0]
@@ -711,7 +822,9 @@ class Propagator:
 
     def check_sizes(self, node: fx.Node, x: Ann | None) -> bool:
         """A view/reshape sized with the channel count of other channels (edgenext's XCA reshapes attention
-        output with the C of its input): after slimming the two counts differ, so both are frozen."""
+        output with the C of its input): after slimming the two counts differ, so both are frozen. Where
+        ``x``'s channels are another set of the same size, the check waits for every coupling
+        (``finish_size_checks``); a new tensor sized with a channel count freezes those channels now."""
         foreign = []
         for a in _node_args(node):
             cc = self.env.get(a)
@@ -724,6 +837,9 @@ class Propagator:
         if not foreign:
             return True
         why = f"{node.name}: {self.describe(node)} is sized with the channel count of other channels"
+        if x is not None and x.spread is None and all(len(atoms) == x.size for atoms in foreign):
+            self.size_checks += [(why, atoms, x.atoms) for atoms in foreign]
+            return True
         if x is not None:
             self.atoms.freeze(x.atoms, why)
         for atoms in foreign:
@@ -823,13 +939,21 @@ class Propagator:
                     start += n
                 return True
             if isinstance(sizes, int) and 0 < sizes < c and c % sizes == 0:
-                name = attr_of(sizes)
+                n = c // sizes
+                name, whole = attr_of(sizes), None
                 if name is None:
-                    return False
-                parts = x.atoms.view(c // sizes, sizes)
+                    # the size as a fraction of an attribute holding the whole count: timm's CSP stages split
+                    # at ``self.expand_chs // 2``; slimming writes the kept total into it
+                    whole = attr_of(c)
+                    if whole is None or f"self.{whole} // {n}" not in source:
+                        return False
+                parts = x.atoms.view(n, sizes)
                 for k in range(1, len(parts)):
                     self.atoms.union(parts[k], parts[0])
-                self.size_attr(owner_name, name, None, parts[0])
+                if whole is None:
+                    self.size_attr(owner_name, name, None, parts[0])
+                else:
+                    self.size_attr(owner_name, whole, None, x.atoms)
                 return True
             return False
         if t is operator.getitem and isinstance(node.args[1], tuple) and len(node.args[1]) > x.dim:
@@ -862,17 +986,24 @@ class Propagator:
             return False
         owner_name = node.meta.get("pk_scope")
         owner = self.modules.get(owner_name) if owner_name is not None else None
-        if owner is None or not all(isinstance(v, int) for v in sizes):
+        if owner is None:
             return True
-        # the attribute must hold these sizes and be read by the module's own forward (a literal in the code
-        # that happens to equal an attribute is not it)
+        # the attribute must hold these sizes and be read by the module's own code (a literal in the code
+        # that happens to equal an attribute is not it): the whole size list (MetaFormer's
+        # ``self.scale.view(self.shape)``), or the channel entry alone (torchvision ViT's
+        # ``x.reshape(n, self.hidden_dim, n_h * n_w)``)
         source = _forward_source(type(owner))
         names = [k for k, v in vars(owner).items() if not k.startswith("_") and isinstance(v, (tuple, list))
                  and list(v) == list(sizes) and f"self.{k}" in source]  # fmt: skip
-        if len(names) != 1:
-            return True
-        self.size_attr(owner_name, names[0], dim, atoms)
-        return False
+        if len(names) == 1 and all(isinstance(v, int) for v in sizes):
+            self.size_attr(owner_name, names[0], dim, atoms)
+            return False
+        names = [k for k, v in vars(owner).items() if not k.startswith("_") and type(v) is int
+                 and v == sizes[dim] and f"self.{k}" in source]  # fmt: skip
+        if len(names) == 1 and sum(1 for v in sizes if v == sizes[dim]) == 1:
+            self.size_attr(owner_name, names[0], None, atoms)
+            return False
+        return True
 
     def move(self, node: fx.Node) -> Any:
         """Data-movement ops (view, permute, flatten, slicing, chunk...): run the op on a tensor of channel
@@ -936,6 +1067,19 @@ class Propagator:
         if isinstance(res, (list, tuple)):
             return tuple(self.read_labels(node, x, r) if isinstance(r, torch.Tensor) else None for r in res)
         return self.unknown(node)
+
+    def roll(self, node: fx.Node) -> Any:
+        """``torch.roll`` over dims other than the channel dim (Swin's cyclic shift): pass-through. Rolling the
+        channels themselves would move them by a count that slimming does not scale: frozen."""
+        x = self.ann(node.args[0]) if node.args else None
+        inp = self.values.get(node.args[0]) if node.args else None
+        dims = node.kwargs.get("dims", node.args[2] if len(node.args) > 2 else None)
+        if not isinstance(x, Ann) or x.spread is not None or dims is None or not isinstance(inp, torch.Tensor):
+            return self.unknown(node)
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        if any(not isinstance(d, int) or d % inp.dim() == x.dim for d in dims):
+            return self.unknown(node, f"{self.describe(node)} rolls the channel dim")
+        return x
 
     def apply(self, node: fx.Node, labels: torch.Tensor) -> Any:
         args = tuple(self.value(a) for a in node.args[1:])
@@ -1044,6 +1188,8 @@ def _reads_params(node: fx.Node, env: dict[fx.Node, Any]) -> bool:
     return any(found)
 
 
+_MHA_FORWARDS = (nn.MultiheadAttention.forward, PrunedMultiheadAttention.forward)
+
 _NORM_FUNCTIONS = CHANNEL_NORM_FUNCTIONS | LAYER_NORM_FUNCTIONS | GROUP_NORM_FUNCTIONS
 
 
@@ -1088,7 +1234,17 @@ def _node_args(node: fx.Node) -> list[fx.Node]:
 
 @functools.cache
 def _forward_source(cls: type) -> str:
-    try:
-        return inspect.getsource(cls.forward)
-    except (OSError, TypeError):
-        return ""
+    """The source of the methods ``cls`` runs (its own and inherited ones it does not override, not torch's):
+    forward and the methods it calls (torchvision ViT's ``_process_input``), where a size attribute is read
+    as ``self.<name>``. A parent's overridden forward is not among them."""
+    parts = []
+    for name in sorted(set(dir(cls))):
+        fn = inspect.getattr_static(cls, name, None)
+        fn = fn.__func__ if isinstance(fn, (staticmethod, classmethod)) else fn
+        if name == "__init__" or not inspect.isfunction(fn) or (fn.__module__ or "").startswith("torch."):
+            continue  # __init__ sets attributes; only what runs on a forward pass reads them
+        try:
+            parts.append(inspect.getsource(fn))
+        except (OSError, TypeError):
+            pass
+    return "\n".join(parts)

@@ -4,6 +4,7 @@ Python values that shape ops need)."""
 
 from __future__ import annotations
 
+import functools
 import operator
 import traceback
 from collections.abc import Iterable
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import shapes
+from .layers import WINDOW_ATTENTION
 
 
 class GraphBuildError(RuntimeError):
@@ -30,6 +32,7 @@ STAT_FUNCTIONS: dict[Any, str] = {
     F.layer_norm: "layer_norm", torch.layer_norm: "layer_norm", F.group_norm: "group_norm",
     torch.group_norm: "group_norm", torch.mean: "mean", torch.sum: "sum", torch.amax: "amax", torch.amin: "amin",
     torch.var: "var", torch.std: "std", torch.var_mean: "var_mean", torch.norm: "norm",
+    F.batch_norm: "batch_norm",  # weight standardization (timm's StdConv2d) normalizes filters with it
 }  # fmt: skip
 STAT_METHODS = {
     "mean": "mean",
@@ -42,7 +45,31 @@ STAT_METHODS = {
 }
 
 
-_SCOPED = {"view", "reshape", torch.reshape, "split", torch.split, operator.getitem}
+# Subclasses of standard layers whose forward differs from the parent's, verified to prune as their parent
+# (tests/test_timm_models.py checks each with the equivalence check): "conv" prunes as its parent;
+# "conv_out" is a weight-standardized conv: as its parent, plus a statistics site (each filter is
+# standardized over its kept input channels in the masked model) and its per-filter ``gain``.
+AS_PARENT = {
+    "timm.layers.conv2d_same.Conv2dSame": "conv",
+    "timm.layers.std_conv.StdConv2d": "conv_out",
+    "timm.layers.std_conv.StdConv2dSame": "conv_out",
+    "timm.layers.std_conv.ScaledStdConv2d": "conv_out",
+    "timm.layers.std_conv.ScaledStdConv2dSame": "conv_out",
+    "timm.layers.norm_act.BatchNormAct2d": "norm",
+}
+
+
+@functools.cache
+def _as_parent_leaf(cls: type) -> bool:
+    """Weight-standardized convs are kept as leaves (fx could trace them), so the conv rule sees the module
+    and its weight rather than a computed weight passed to F.conv2d."""
+    return AS_PARENT.get(f"{cls.__module__}.{cls.__qualname__}") == "conv_out"
+
+
+
+# calls that need their calling module: views (slimming may have to update one of its size attributes) and
+# Swin's window attention (its module's layers must be the ones it is called with)
+_SCOPED = {"view", "reshape", torch.reshape, "split", torch.split, operator.getitem, *WINDOW_ATTENTION}
 
 
 def stat_key(node: fx.Node) -> str | None:
@@ -99,6 +126,7 @@ class _Tracer(fx.Tracer):
             self.all_children_leaves
             or qualname in self.leaf_names
             or (self.leaf_types and isinstance(m, self.leaf_types))
+            or _as_parent_leaf(type(m))
         ):
             return True
         return super().is_leaf_module(m, qualname)

@@ -32,14 +32,23 @@ FORMAT = "prunekit-checkpoint/2"  # tensors and plain data only
 OLD_FORMATS = ("prunekit-checkpoint/1",)  # pickled RNG objects: loaded only when trusted
 
 
+def file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` gives a new file: 0o666 less the process's umask."""
+    mask = os.umask(0)  # reading the umask means setting it; put it back at once
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then move the temporary file to ``path`` atomically."""
+    """Call ``write(tmp_path)`` then move the temporary file to ``path`` atomically. The file gets the
+    user's umask like any other (``tempfile.mkstemp`` alone would make it 0600)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

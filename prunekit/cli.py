@@ -6,7 +6,8 @@
     prunekit compare --strategies chex,magnitude,random --dense
     prunekit list [strategies|models|datasets]
     prunekit graph --model resnet56 --dataset cifar10 --json groups.json --dot groups.dot
-    prunekit export runs/chex-digits-... --out small.pt
+    prunekit export runs/chex-digits-... --out small.pt [--onnx] [--plan plan.json]
+    prunekit compare --strategies chex,magnitude --dense --emit-commands cmds.txt   # one `prunekit run` per line
     prunekit report runs/compare-digits-... [more run dirs] --out report/
     prunekit run --nproc 2 ...                        # DDP via torchrun (gloo on CPU)
 
@@ -24,7 +25,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .config import Config, ConfigError, all_keys, load_config
+from .config import Config, ConfigError, describe_keys, load_config
 
 # flag dest -> dotted config key
 FLAG_KEYS = {
@@ -43,6 +44,7 @@ FLAG_KEYS = {
     "strategy": "prune.strategy",
     "sparsity": "prune.sparsity",
     "macs": "prune.macs",
+    "latency": "prune.latency",
     "round_to": "prune.round_to",
     "out": "run.out",
     "name": "run.name",
@@ -94,7 +96,19 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--deterministic", action="store_true", default=None, help="deterministic algorithms")
     g.add_argument("--sparsity", type=float, help="fraction of prunable channels to remove")
     g.add_argument("--macs", type=float, help="fraction of the dense MACs to keep (instead of --sparsity)")
-    g.add_argument("--round-to", type=int, help="kept channels per group are a multiple of this")
+    g.add_argument(
+        "--latency",
+        type=float,
+        metavar="F",
+        help="fraction of the dense model's latency to keep, timed on the run's device (instead of --sparsity; "
+        "batch: prune.latency_batch)",
+    )
+    g.add_argument(
+        "--round-to",
+        type=_round_to,
+        metavar="N|auto",
+        help="kept channels per group are a multiple of this (auto, with --latency: the fastest of 1/8/16/32)",
+    )
     g.add_argument("--out", help="parent folder of run directories (default runs/)")
     g.add_argument("--name", help="run directory name")
     g.add_argument("--progress", choices=["auto", "rich", "plain", "off"])
@@ -112,6 +126,15 @@ def _add_trust(p: argparse.ArgumentParser) -> None:
 def _plugin_modules(args: argparse.Namespace) -> list[str]:
     """The --plugins modules: their model factories are trusted (their code already runs)."""
     return [s.strip() for s in (args.plugins or "").split(",") if s.strip()]
+
+
+def _round_to(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
 
 
 def _comma_list(text: str) -> list[str]:
@@ -151,10 +174,14 @@ def load_plugins(spec: str | None) -> list[str]:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     for name in [s.strip() for s in spec.split(",") if s.strip()]:
+        from .registry import DuplicateStrategyError, StrategyClassError
+
         try:
             importlib.import_module(name)
         except ImportError as e:
             raise CLIError(f"--plugins: cannot import {name!r} ({e}); is it installed or on PYTHONPATH?") from e
+        except (StrategyClassError, DuplicateStrategyError) as e:  # a registration the plugin got wrong
+            raise CLIError(f"--plugins {name}: {e}") from e
         loaded.append(name)
     return loaded
 
@@ -228,7 +255,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         result = run(cfg)
     if _is_main_rank():
-        print_table([result], title=f"prunekit run: {result.name}")
+        print_table([result], title=f"prunekit run: {result.name}", full_in="the run's result.json")
         print(f"run directory: {result.run_dir}")
     return 0
 
@@ -245,6 +272,13 @@ def add_compare_parser(sub: Any) -> None:
     )
     p.add_argument("--strategies", default="chex,magnitude,random", help="comma-separated (default: %(default)s)")
     p.add_argument("--dense", action="store_true", help="also train the dense model (the delta column)")
+    p.add_argument(
+        "--emit-commands",
+        metavar="FILE",
+        default=None,
+        help="train nothing: write one `prunekit run` command per run to FILE (for a job array, GNU parallel, ...) "
+        "and their configs under the output root; `prunekit report ROOT` gathers the results",
+    )
     _add_config_options(p)
     _add_nproc(p)
     _add_plugins(p)
@@ -256,12 +290,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not names:
         raise CLIError("--strategies is empty; e.g. --strategies chex,magnitude,random")
     cfg = config_from_args(args)
+    if args.emit_commands:
+        from .sweep import emit_commands
+
+        commands, root = emit_commands(
+            cfg, names, args.dense, args.emit_commands, plugins=_plugin_modules(args), nproc=args.nproc
+        )
+        print(f"wrote {len(commands)} commands to {args.emit_commands} (configs and sweep.json in {root});")
+        print(f"run them anywhere that sees {root} (any order, in parallel), then: prunekit report {root}")
+        return 0
     from .harness import compare
     from .report import print_table
 
     results, out_dir = compare(cfg, names, dense=args.dense)
     if _is_main_rank():
-        print_table(results, title="prunekit compare")
+        print_table(results, title="prunekit compare", full_in="comparison.csv and .json")
         print(f"comparison written to {out_dir} (comparison.md/.csv/.json, *.png)")
     return 0 if any(r.status == "ok" for r in results) else 1
 
@@ -302,7 +345,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.what in ("all", "datasets"):
         print("datasets: " + ", ".join(DATASETS))
     if args.what == "keys":
-        print("\n".join(all_keys()))
+        print("\n".join(describe_keys()))
     return 0
 
 
@@ -355,6 +398,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
         except ValueError:
             raise CLIError(f"--input-shape must be C,H,W (e.g. 3,224,224), got {args.input_shape!r}") from None
         classes = args.num_classes or 10
+        source = "--input-shape"
     else:
         if cfg.data.name not in DATASET_SHAPES:
             raise CLIError(f"unknown dataset {cfg.data.name!r}; choices: {', '.join(DATASET_SHAPES)}")
@@ -364,14 +408,16 @@ def cmd_graph(args: argparse.Namespace) -> int:
         if cfg.data.name == "synthetic":
             c, classes = cfg.data.channels, cfg.data.num_classes
         classes = args.num_classes or classes
+        source = f"dataset {cfg.data.name}" + (", data.image_size" if cfg.data.image_size else "")
     model = build_model(cfg.model.name, classes, c, h, **cfg.model.kwargs)
     leaf_modules = resolve_leaf_modules(model, cfg.model.leaf_modules)
     graph = pk.build_graph(model, torch.zeros(1, c, h, w), leaf_modules=leaf_modules)
-    wrote = False
+    wrote = "-" in (args.json, args.dot)
+    shape = f"input shape [1, {c}, {h}, {w}] (N, C, H, W; from {source}), {classes} classes"
+    print(shape, file=sys.stderr if wrote else sys.stdout)  # stdout stays pure JSON/DOT with '-'
     for path, text in ((args.json, graph.to_json), (args.dot, graph.to_dot)):
         if path == "-":
             print(text())
-            wrote = True
         elif path:
             text(path)
             print(f"wrote {path}", file=sys.stderr)
@@ -389,29 +435,53 @@ def add_export_parser(sub: Any) -> None:
         "export",
         help="slim a finished run and write the model + how to load it",
         description="Slim the run's final masked model (from its checkpoint) and write it as a "
-        "pruning plan that prunekit.load_pruned() rebuilds; optionally TorchScript too.",
+        "pruning plan that prunekit.load_pruned() rebuilds; optionally TorchScript, ONNX (checked with "
+        "onnxruntime) and the readable JSON plan too.",
     )
     p.add_argument("run_dir", help="a run directory (with checkpoint.pt)")
     p.add_argument("--out", default=None, help="output file (default: RUN_DIR/export/model_pruned.pt)")
     p.add_argument("--torchscript", action="store_true", help="also write a traced TorchScript file beside it")
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also write the slimmed model as ONNX beside it, checked with onnxruntime (pip install 'prunekit[onnx]')",
+    )
+    p.add_argument(
+        "--plan",
+        metavar="PLAN.json",
+        default=None,
+        help="also write the readable JSON plan (prunekit.load_plan) there, with the weights in PLAN.weights.pt",
+    )
     _add_trust(p)
     _add_plugins(p)
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from .export import run_progress, unfinished
     from .harness import export_run
 
+    if args.onnx:
+        from .onnx_export import require_onnx
+
+        require_onnx()  # one line naming the extra, before anything is read or written
+    if args.plan is not None and not args.plan.endswith(".json"):
+        raise CLIError(f"--plan writes JSON: give a path ending in .json, got {args.plan!r}")
     paths = export_run(
         args.run_dir,
         args.out,
         torchscript=args.torchscript,
         trust_checkpoint=args.trust_checkpoint,
         trusted_factories=_plugin_modules(args),
+        onnx=args.onnx,
+        plan_json=args.plan,
     )
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     print(f"load it with:\n    import prunekit\n    model = prunekit.load_pruned({paths['plan']!r})")
+    progress = run_progress(args.run_dir)
+    if progress is not None and progress[0] < progress[1]:
+        print(f"prunekit: warning: {unfinished(args.run_dir, *progress)}", file=sys.stderr)
     return 0
 
 
@@ -422,10 +492,11 @@ def add_report_parser(sub: Any) -> None:
     p = sub.add_parser(
         "report",
         help="re-render tables and plots from run directories",
-        description="Read result.json of each run directory (or of the runs inside a compare "
-        "directory) and print/write the comparison table and plots.",
+        description="Read each run directory (or the runs inside a compare directory or a sweep root from "
+        "compare --emit-commands) and print/write the comparison table and plots; runs without a result are "
+        "marked failed, unfinished or missing.",
     )
-    p.add_argument("dirs", nargs="+", help="run directories or compare directories")
+    p.add_argument("dirs", nargs="+", help="run directories, compare directories or sweep roots")
     p.add_argument(
         "--out",
         default=None,
@@ -437,23 +508,20 @@ def add_report_parser(sub: Any) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .harness import RunResult
-    from .report import find_run_dirs, print_table, write_reports
+    from .report import print_table, write_reports
+    from .sweep import gather
 
     missing = [d for d in args.dirs if not os.path.isdir(d)]
     if missing:
         raise CLIError(f"not a directory: {', '.join(missing)}")
-    run_dirs = find_run_dirs(args.dirs)
-    if not run_dirs:
-        raise CLIError(f"no run directories (with result.json) in {', '.join(args.dirs)}")
-    results = [RunResult.from_dir(d) for d in run_dirs]
-    dense = next((r for r in results if r.strategy in ("none", "dense") and r.status == "ok"), None)
-    if dense is not None:
-        for r in results:
-            r.dense_top1 = dense.top1
-    out = args.out or (args.dirs[0] if len(args.dirs) == 1 and args.dirs[0] not in run_dirs else "report")
+    results = gather(args.dirs)
+    if not results:
+        raise CLIError(f"no run directories (with result.json or config.yaml) in {', '.join(args.dirs)}")
+    one = args.dirs[0]
+    a_run = any(os.path.exists(os.path.join(one, f)) for f in ("result.json", "config.yaml"))  # not a folder of runs
+    out = args.out or (one if len(args.dirs) == 1 and not a_run else "report")
     paths = write_reports(results, out, plots=not args.no_plots)
-    print_table(results, title="prunekit report")
+    print_table(results, title="prunekit report", full_in="comparison.csv and .json")
     print("wrote " + ", ".join(sorted(paths.values())))
     return 0
 
@@ -489,16 +557,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         load_plugins(args.plugins)
-        if getattr(args, "nproc", None) and "WORLD_SIZE" not in os.environ:
+        if os.getcwd() not in sys.path:  # `--model package.module:factory` finds a package here, as --plugins
+            sys.path.append(os.getcwd())  # does (after the installed ones: nothing installed is shadowed)
+        if getattr(args, "nproc", None) and "WORLD_SIZE" not in os.environ and not getattr(args, "emit_commands", None):
             return relaunch_ddp(args.nproc, argv)
         return args.func(args)
-    except KeyboardInterrupt:
-        print("prunekit: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        if args.debug:
+            raise
+        run_dir = getattr(e, "run_dir", None)  # set by the harness once a run directory exists
+        where = f"; resume with --resume {run_dir}" if run_dir and _is_main_rank() else ""
+        print(f"prunekit: interrupted{where}", file=sys.stderr)
         return 130
     except Exception as e:  # user-facing errors: one line, no traceback unless --debug
         if args.debug or not _user_error(e):
             raise
-        print(f"prunekit: error: {e}", file=sys.stderr)
+        hint = " (--debug shows the traceback)" if _strategy_error(e) else ""
+        print(f"prunekit: error: {e}{hint}", file=sys.stderr)
         return 2
     finally:
         _shutdown_distributed()
@@ -508,11 +583,22 @@ def _user_error(e: Exception) -> bool:
     """Errors in what the user asked for (reported in one line) as opposed to bugs (full traceback).
     Looks only at modules already imported, so a config error does not pay for importing torch."""
     user: tuple[type, ...] = (CLIError, ConfigError, FileNotFoundError, ValueError, KeyError, ImportError)
-    for module, name in (("prunekit.data", "DataError"), ("prunekit.graphs.trace", "GraphBuildError")):
+    for module, name in (
+        ("prunekit.data", "DataError"),
+        ("prunekit.graphs.trace", "GraphBuildError"),
+        ("prunekit.registry", "StrategyClassError"),
+        ("prunekit.trainer", "TrainingDiverged"),
+    ):
         cls = getattr(sys.modules.get(module), name, None)
         if isinstance(cls, type):
             user = (*user, cls)
     return isinstance(e, user)
+
+
+def _strategy_error(e: Exception) -> bool:
+    """A strategy (the user's code) broke the Strategy contract: the traceback shows where."""
+    cls = getattr(sys.modules.get("prunekit.controller"), "StrategyError", None)
+    return isinstance(cls, type) and isinstance(e, cls)
 
 
 def _shutdown_distributed() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -77,10 +78,14 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     # after an epoch with a pruning event, re-estimate BN statistics on this many training batches before
-    # evaluating (0: off); see harness.recalibrate_bn
+    # evaluating (0: off); see evaluation.recalibrate_bn
     bn_recalibration: int = 20
     amp: str = field(default="auto", metadata=_choices("auto", "off", "bf16", "fp16"))  # CUDA only
-    channels_last: bool | None = None  # None: on with CUDA, off on CPU
+    # None: on (CPU and CUDA): NHWC trains ResNets 1.1-1.2x faster on CPU too (docs/results/train_throughput.md)
+    channels_last: bool | None = None
+    # torch.compile the training forward pass (evaluation stays eager); off by default: compiling takes a minute
+    # or more on a CPU. Masks, pruning events and resume work unchanged (parameters change shape only at slimming)
+    compile: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     deterministic: bool = False
@@ -95,7 +100,11 @@ class PruneConfig:
     strategy_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     sparsity: float | None = None  # fraction of prunable channels removed (default 0.5 when macs unset)
     macs: float | None = None  # fraction of the dense MACs to KEEP (e.g. 0.5); exclusive with sparsity
-    round_to: int = 1
+    # fraction of the dense model's latency to KEEP, measured on the run's device (exclusive with sparsity and
+    # macs); see prunekit.latency_budget
+    latency: float | None = None
+    latency_batch: int | None = None  # batch size the latency budget is timed at (None: run.latency_batch)
+    round_to: int | str = 1  # an integer, or "auto" with a latency budget (the fastest of 1, 8, 16, 32)
 
 
 @dataclass
@@ -107,6 +116,7 @@ class RunConfig:
     latency_runs: int = 20
     progress: str = field(default="auto", metadata=_choices("auto", "rich", "plain", "off"))
     log_every: int = 0  # plain mode: a log line every N steps (0: once per epoch)
+    log_seconds: float = 30.0  # plain mode: a progress line at most every N seconds within an epoch (0: off)
 
 
 @dataclass
@@ -127,14 +137,22 @@ class Config:
         return copy.deepcopy(self)
 
     def budget_kwargs(self) -> dict[str, Any]:
-        """Arguments of ``pk.Budget``: exactly one of sparsity / macs (sparsity 0.5 when neither is set)."""
+        """Arguments of ``pk.Budget``: exactly one of sparsity / macs / latency (sparsity 0.5 when none is set)."""
         p = self.prune
-        if p.sparsity is not None and p.macs is not None:
+        given = [k for k in ("sparsity", "macs", "latency") if getattr(p, k) is not None]
+        if len(given) > 1:
             raise ConfigError(
-                "prune.sparsity and prune.macs are both set; keep one "
+                f"prune.{given[0]} and prune.{given[1]} are both set; keep one "
                 "(sparsity = fraction of channels removed, "
-                "macs = fraction of dense MACs kept)"
+                "macs = fraction of dense MACs kept, latency = fraction of the dense latency kept)"
             )
+        if p.round_to == "auto" and p.latency is None:
+            raise ConfigError(
+                "prune.round_to: auto picks the fastest rounding by timing, so it needs a latency budget "
+                "(--latency F); with --sparsity or --macs give an integer"
+            )
+        if p.latency is not None:
+            return {"latency": p.latency, "round_to": p.round_to}
         if p.macs is not None:
             return {"macs": p.macs, "round_to": p.round_to}
         return {"sparsity": 0.5 if p.sparsity is None else p.sparsity, "round_to": p.round_to}
@@ -216,6 +234,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key} must be an integer, got {value!r} ({type(value).__name__})")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{key} must be a finite number, got {value!r}")
             return float(value)
         raise ConfigError(f"{key} must be a number, got {value!r} ({type(value).__name__})")
     if tp is str:
@@ -223,6 +243,62 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key} must be a string, got {value!r} ({type(value).__name__})")
     return value
+
+
+# the smallest valid value of a numeric key (None is checked by the type), whether it is excluded, and what the
+# key means to the user; a key that has a command-line flag is named with it
+LIMITS: dict[str, tuple[float, bool, str]] = {
+    "data.image_size": (1, False, "a side length in pixels, or null for the dataset's own size"),
+    "data.limit_train": (1, False, "a number of training samples, or null for all"),
+    "data.limit_test": (1, False, "a number of test samples, or null for all"),
+    "data.test_fraction": (0, True, "the held-out fraction"),
+    "data.workers": (0, False, "a number of DataLoader worker processes"),
+    "data.num_classes": (2, False, "a number of classes"),
+    "data.channels": (1, False, "a number of input channels"),
+    "data.train_size": (1, False, "a number of training samples"),
+    "train.epochs": (1, False, "a number of epochs"),
+    "train.batch_size": (1, False, "a number of samples per training batch"),
+    "train.eval_batch_size": (1, False, "a number of samples per evaluation batch"),
+    "train.lr": (0, True, "the learning rate"),
+    "train.momentum": (0, False, "the SGD momentum"),
+    "train.weight_decay": (0, False, "the weight decay"),
+    "train.step_gamma": (0, True, "the factor of the step schedule"),
+    "train.warmup_epochs": (0, False, "a number of warm-up epochs"),
+    "train.label_smoothing": (0, False, "the label smoothing fraction"),
+    "train.bn_recalibration": (0, False, "a number of training batches, 0 for off"),
+    "train.threads": (1, False, "a number of CPU threads, or null for torch's default"),
+    "prune.round_to": (1, False, "kept channels per group are a multiple of it"),
+    "run.checkpoint_steps": (0, False, "a number of optimizer steps, 0 for epoch ends only"),
+    "run.latency_batch": (1, False, "a batch size"),
+    "prune.latency_batch": (1, False, "a batch size (null: run.latency_batch)"),
+    "run.latency_runs": (1, False, "a number of timed runs"),
+    "run.log_every": (0, False, "a number of steps, 0 for once per epoch"),
+    "run.log_seconds": (0, False, "a number of seconds, 0 for no progress lines within an epoch"),
+}
+# upper bounds (excluded) of the keys that have one
+BELOW = {"data.test_fraction": 1.0, "train.label_smoothing": 1.0}
+FLAG_NAMES = {
+    "data.image_size": "--image-size",
+    "train.epochs": "--epochs",
+    "train.batch_size": "--batch-size",
+    "train.lr": "--lr",
+    "prune.round_to": "--round-to",
+}
+
+
+def _check_limit(key: str, value: Any) -> None:
+    """A ConfigError when the number ``value`` of ``key`` is outside its range (see LIMITS)."""
+    if key not in LIMITS or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    low, strict, what = LIMITS[key]
+    high = BELOW.get(key)
+    flag = f" ({FLAG_NAMES[key]})" if key in FLAG_NAMES else ""
+    if value < low or (strict and value == low) or (high is not None and value >= high):
+        if high is not None:
+            rng = f"in {'(' if strict else '['}{low:g}, {high:g})"
+        else:
+            rng = f"{'>' if strict else '>='} {low:g}"
+        raise ConfigError(f"{key}{flag} must be {rng} ({what}), got {value!r}")
 
 
 def _unknown(key: str, valid: list[str], where: str) -> ConfigError:
@@ -233,7 +309,78 @@ def _unknown(key: str, valid: list[str], where: str) -> ConfigError:
     else:
         close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
-    return ConfigError(f"unknown config key {key!r} {where}{hint}")
+    return ConfigError(f"unknown config key {key!r}{' ' + where if where else ''}{hint}")
+
+
+# one line per key for `prunekit list keys` (a test checks that every key has one)
+KEY_HELP = {
+    "data.name": "dataset: digits, fashion-mnist, cifar10, cifar100, imagefolder or synthetic",
+    "data.root": "folder holding the dataset's files (null: the dataset's default location)",
+    "data.image_size": "resize inputs to this side length (null: the dataset's own size)",
+    "data.augment": "random crop and flip on the training set",
+    "data.split_seed": "digits/synthetic: seed of the fixed train/test split",
+    "data.test_fraction": "digits/synthetic: held-out fraction",
+    "data.workers": "DataLoader worker processes (imagefolder only)",
+    "data.num_classes": "synthetic: number of classes",
+    "data.channels": "synthetic: input channels",
+    "data.train_size": "synthetic: training samples",
+    "data.limit_train": "use only the first N training samples (null: all)",
+    "data.limit_test": "use only the first N test samples (null: all)",
+    "model.name": "resnet20/32/56/110, small_cnn, a torchvision name, timm:<name> or package.module:factory",
+    "model.kwargs": "extra keyword arguments of the model factory",
+    "model.leaf_modules": "submodules the channel graph keeps opaque (qualified or class names)",
+    "train.epochs": "training epochs",
+    "train.batch_size": "samples per training batch (per DDP process)",
+    "train.eval_batch_size": "samples per evaluation batch",
+    "train.lr": "peak learning rate",
+    "train.optimizer": "sgd or adamw",
+    "train.momentum": "SGD momentum",
+    "train.nesterov": "SGD Nesterov momentum",
+    "train.weight_decay": "weight decay",
+    "train.decay_norm_and_bias": "also decay norm-layer parameters and biases (false: as the CHEX recipe)",
+    "train.schedule": "learning-rate schedule: cosine, step or constant (per step)",
+    "train.step_milestones": "step schedule: fractions of training where the LR is multiplied by step_gamma",
+    "train.step_gamma": "step schedule: the LR factor at each milestone",
+    "train.warmup_epochs": "linear LR warm-up, in epochs",
+    "train.label_smoothing": "label smoothing of the cross-entropy loss",
+    "train.bn_recalibration": "after a pruning event, re-estimate BN statistics on N training batches (0: off)",
+    "train.amp": "mixed precision on CUDA: auto, off, bf16 or fp16",
+    "train.channels_last": "channels_last (NHWC) memory format (null: on, on CPU as on CUDA)",
+    "train.compile": "torch.compile the training forward pass (evaluation stays eager)",
+    "train.device": "auto, cpu, cuda or cuda:N",
+    "train.seed": "seed of initialization, data order and the strategy's random choices",
+    "train.deterministic": "ask torch for deterministic algorithms",
+    "train.threads": "torch CPU threads (null: torch's default; 1 for models under 10M MACs)",
+    "prune.strategy": "a registered strategy (`prunekit list strategies`) or none (dense training)",
+    "prune.params": "keyword arguments of the strategy, e.g. prune.params.delta_0=0.2",
+    "prune.strategy_params": "other strategies' parameters by name, for compare: prune.strategy_params.NAME.KEY",
+    "prune.sparsity": "fraction of prunable channels removed (null: 0.5 unless macs or latency is set)",
+    "prune.macs": "fraction of the dense MACs to keep, instead of sparsity",
+    "prune.latency": "fraction of the dense latency to keep (timed on the run's device), instead of sparsity",
+    "prune.latency_batch": "batch size the latency budget is timed at (null: run.latency_batch)",
+    "prune.round_to": "kept channels per group are a multiple of this; auto with a latency budget",
+    "run.out": "parent folder of run directories",
+    "run.name": "run directory name (null: strategy-dataset-model-timestamp)",
+    "run.checkpoint_steps": "also checkpoint every N optimizer steps within an epoch (0: at epoch ends only)",
+    "run.latency_batch": "batch size of the final dense vs. pruned latency measurement",
+    "run.latency_runs": "fewest timed rounds of that measurement (it also lasts at least 1 s)",
+    "run.progress": "auto (rich on a terminal, plain otherwise), rich, plain or off",
+    "run.log_every": "plain mode: a log line every N steps (0: once per epoch)",
+    "run.log_seconds": "plain mode: a progress line at most every N seconds within an epoch (0: off)",
+}
+
+
+def describe_keys() -> list[str]:
+    """``key = default  description`` for every key (what `prunekit list keys` prints)."""
+    defaults = Config()
+    pairs = []
+    for key in all_keys():
+        section, name = key.split(".")
+        value = yaml.safe_dump(getattr(getattr(defaults, section), name), default_flow_style=True).strip()
+        value = value.removesuffix("\n...").strip()
+        pairs.append((f"{key} = {value}", KEY_HELP.get(key, "")))
+    width = max(len(a) for a, _ in pairs)
+    return [f"{a:<{width}}  {b}".rstrip() for a, b in pairs]
 
 
 def all_keys() -> list[str]:
@@ -282,9 +429,10 @@ def set_value(cfg: Config, key: str, value: Any, where: str = "") -> None:
         close = difflib.get_close_matches(str(value), choices, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}{hint}")
-    if key == "train.bn_recalibration" and value < 0:
-        raise ConfigError(f"{key} is a number of training batches and must be >= 0 (0: off), got {value}")
-    if parts[0] == "prune" and name in ("sparsity", "macs") and value is not None:
+    _check_limit(key, value)
+    if key == "prune.round_to" and isinstance(value, str) and value != "auto":
+        raise ConfigError(f"prune.round_to (--round-to) must be an integer >= 1 or 'auto', got {value!r}")
+    if parts[0] == "prune" and name in ("sparsity", "macs", "latency") and value is not None:
         if not 0.0 < value < 1.0:
             raise ConfigError(f"{key} must be a fraction strictly between 0 and 1, got {value}")
     setattr(section, name, value)
@@ -292,7 +440,7 @@ def set_value(cfg: Config, key: str, value: Any, where: str = "") -> None:
 
 def merge(cfg: Config, data: dict[str, Any], where: str = "") -> Config:
     """Apply a nested mapping (a YAML file's content) onto ``cfg``. Inside one layer, setting only one of
-    prune.sparsity / prune.macs clears the other, so a later layer can switch the kind of budget."""
+    prune.sparsity / prune.macs / prune.latency clears the others, so a later layer can switch the kind of budget."""
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a mapping of sections {where}, got {type(data).__name__}")
     flat = _flatten(data)
@@ -315,11 +463,12 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _apply_layer(cfg: Config, flat: dict[str, Any], where: str) -> None:
     for key, value in flat.items():
         set_value(cfg, key, value, where)
-    keys = set(flat)
-    if "prune.macs" in keys and "prune.sparsity" not in keys and flat["prune.macs"] is not None:
-        cfg.prune.sparsity = None
-    if "prune.sparsity" in keys and "prune.macs" not in keys and flat["prune.sparsity"] is not None:
-        cfg.prune.macs = None
+    budgets = ("prune.sparsity", "prune.macs", "prune.latency")
+    given = [k for k in budgets if flat.get(k) is not None]
+    if len(given) == 1:  # one kind of budget in this layer replaces the kind set by an earlier layer
+        for k in budgets:
+            if k != given[0]:
+                setattr(cfg.prune, k.split(".")[1], None)
 
 
 def parse_set(item: str) -> tuple[str, Any]:
@@ -364,7 +513,15 @@ def load_config(
     if sets:
         _apply_layer(cfg, dict(parse_set(s) for s in sets), "(--set)")
     cfg.budget_kwargs()  # both budgets set -> error now, not after data loading
+    check_model_kwargs(cfg)
     return cfg
+
+
+def check_model_kwargs(cfg: Config) -> None:
+    """model.kwargs must not set what prunekit gives the model factory from the dataset."""
+    for key in ("num_classes", "in_channels", "input_size"):
+        if key in cfg.model.kwargs:
+            raise ConfigError(f"model.kwargs.{key} is set by prunekit from the dataset; remove it")
 
 
 def from_dict(data: dict[str, Any]) -> Config:

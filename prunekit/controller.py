@@ -34,13 +34,22 @@ from prunekit.graphs import ChannelGraph
 from prunekit.graphs.graph import lookup_tensor
 from prunekit.graphs.trace import unwrap
 
+from .latency_budget import Probe, Timer
 from .masks import apply_masks
+from .slimming import slim
 from .strategy import Budget, MRUStore, PruningState, Schedule, Strategy, as_index
 
-__all__ = ["PruningController"]
+__all__ = ["PruningController", "StrategyError"]
+
+
+class StrategyError(ValueError):
+    """A strategy broke the Strategy contract (a wrong return type, shape or count); names the strategy,
+    the method and the group."""
 
 log = logging.getLogger("prunekit")
 
+# optimizers whose step keeps a weight at exactly zero when it, its gradient and its state are zero
+ZERO_PRESERVING = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 MACS_TOLERANCE = 0.01  # a MACs budget is hit within 1% (relative) when the allocation granularity allows
 
 
@@ -56,6 +65,7 @@ class PruningController:
         steps_per_epoch: int,
         epochs: int,
         seed: int = 0,
+        latency_timer: Timer | None = None,
     ):
         if isinstance(strategy, str):
             raise TypeError(
@@ -67,6 +77,11 @@ class PruningController:
             raise TypeError(f"budget must be a prunekit.Budget, e.g. Budget(sparsity=0.5); got {budget!r}")
         if int(steps_per_epoch) < 1 or int(epochs) < 1:
             raise ValueError(f"steps_per_epoch and epochs must be >= 1, got {steps_per_epoch} and {epochs}")
+        if budget.latency is not None and latency_timer is None:
+            raise ValueError(
+                "a latency budget needs latency_timer=: a callable timing models on the run's device, e.g. "
+                "prunekit.latency_budget.LatencyTimer(env, example_batch) (prunekit run builds one)"
+            )
         self.model = unwrap(model)
         self.graph = graph
         self.strategy = strategy
@@ -94,6 +109,12 @@ class PruningController:
         self._grads_masked = False  # after_backward ran since the last enforce
         self._dense_macs: int | None = None
         self.held: dict[str, int] = {}  # MACs budgets: groups held at a count (see resolve_sparsity)
+        self.latency_timer = latency_timer
+        # the rounding allocations use: the budget's, or for round_to="auto" the one timed fastest (1 until then)
+        self.round_to: int = 1 if budget.round_to == "auto" else int(budget.round_to)
+        self.round_to_chosen = budget.round_to != "auto"
+        # latency budgets: the last measured resolution (MACs fraction, ratio, ms, ...), reused between events
+        self.latency: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
         kept = sum(int(m.sum()) for m in self.keep.values())
@@ -104,11 +125,13 @@ class PruningController:
 
     # -- the training-loop hooks ---------------------------------------------------------------------
 
-    def start(self, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Call once before training: runs the step-0 event (initial masks) if the schedule has one."""
+    def start(self, optimizer: torch.optim.Optimizer | None = None, resuming: bool = False) -> None:
+        """Call once before training: runs the step-0 event (initial masks) if the schedule has one.
+        ``resuming=True``: ``load_state_dict`` follows and restores the masks, so the step-0 event is skipped
+        (for a latency budget it would time candidates only to be overwritten)."""
         self.optimizer = optimizer
         self._started = True
-        if 0 in self.schedule and self.step == 0:
+        if 0 in self.schedule and self.step == 0 and not resuming:
             self._event()
         else:
             self._rebuild()
@@ -124,10 +147,19 @@ class PruningController:
 
     def after_optimizer_step(self) -> None:
         """Call after every ``optimizer.step()``: re-zero pruned weights and optimizer state, advance the
-        step counter and run the event scheduled at the new step, if any."""
+        step counter and run the event scheduled at the new step, if any.
+
+        When ``after_backward`` zeroed this step's gradients and the optimizer is SGD, Adam or AdamW, the
+        weights and optimizer state of pruned positions are still exactly zero (each of these updates a zero
+        weight with a zero gradient and zero state to zero, weight decay included), so only the buffers are
+        re-zeroed: the full ``enforce`` costs a pass over every pruned tensor and its optimizer state."""
         if not self._started:
             raise RuntimeError("call PruningController.start(optimizer) once before training")
-        self.enforce()
+        if self._grads_masked and type(self.optimizer) in ZERO_PRESERVING:
+            self._enforce_buffers()
+            self._grads_masked = False
+        else:
+            self.enforce()
         self.step += 1
         if self.step in self.schedule:
             self._event()
@@ -142,8 +174,7 @@ class PruningController:
         self._check_device()
         if self._params:
             torch._foreach_mul_(self._params, self._param_masks)
-        if self._buffers:
-            torch._foreach_mul_(self._buffers, self._buffer_masks)
+        self._enforce_buffers()
         if not self._grads_masked:  # after_backward already did it for this step
             self.after_backward()
         self._grads_masked = False
@@ -159,6 +190,12 @@ class PruningController:
                             masks.append(m if v.dtype == m.dtype and v.device == m.device else m.to(v))
             if states:
                 torch._foreach_mul_(states, masks)
+
+    @torch.no_grad()
+    def _enforce_buffers(self) -> None:
+        self._check_device()
+        if self._buffers:
+            torch._foreach_mul_(self._buffers, self._buffer_masks)
 
     # -- events --------------------------------------------------------------------------------------
 
@@ -186,7 +223,7 @@ class PruningController:
         state.sparsity = target
         slack = float(self.strategy.prune_slack(state))
         if not 0.0 <= slack < 1.0:
-            raise ValueError(f"{name}.prune_slack() must be in [0, 1), got {slack}")
+            raise StrategyError(f"{name}.prune_slack() must be in [0, 1), got {slack}")
         s_prune = max(0.0, target - slack)
         held = self.held if slack == 0 else None
         counts = self._allocate(state, s_prune, held)
@@ -197,19 +234,14 @@ class PruningController:
         new: dict[str, torch.Tensor] = {}
         for grp in self.graph.groups:
             k = prune_k[grp.id]
-            mask = torch.as_tensor(self.strategy.prune(state, grp, k)).cpu()
-            if mask.dtype != torch.bool or mask.shape != (grp.size,):
-                raise ValueError(
-                    f"{name}.prune() must return a bool mask of shape ({grp.size},) for group {grp.id!r}, "
-                    f"got dtype {mask.dtype} shape {tuple(mask.shape)}"
-                )
+            mask = self._prune_mask(self.strategy.prune(state, grp, k), grp.id, grp.size, k)
             if int(mask.sum()) != k:
-                raise ValueError(
+                raise StrategyError(
                     f"{name}.prune() kept {int(mask.sum())} channels of group {grp.id!r}; "
                     f"the allocation asked for exactly {k}"
                 )
             if bool((mask & ~old[grp.id]).any()):
-                raise ValueError(
+                raise StrategyError(
                     f"{name}.prune() kept channels of group {grp.id!r} that were not active "
                     f"({torch.nonzero(mask & ~old[grp.id]).flatten().tolist()[:8]}); prune chooses among the "
                     "active channels, and pruned channels come back only through regrow()"
@@ -217,7 +249,7 @@ class PruningController:
             new[grp.id] = mask
         delta = float(self.strategy.regrow_fraction(state))
         if not 0.0 <= delta < 1.0:
-            raise ValueError(f"{name}.regrow_fraction() must be in [0, 1), got {delta}")
+            raise StrategyError(f"{name}.regrow_fraction() must be in [0, 1), got {delta}")
         # regrow count of group l: the regrow allocation at S - delta beyond k_l, plus the prune step's excess
         wider = self._allocate(state, max(0.0, s_prune - delta), held) if delta > 0 else counts
         asked = {g: max(0, wider[g] - counts[g]) + counts[g] - prune_k[g] for g in counts}
@@ -230,7 +262,7 @@ class PruningController:
                 mask = new[grp.id]
                 count = min(asked[grp.id], int((~mask).sum()))
                 if count:
-                    idx = as_index(self.strategy.regrow(state, grp, count))
+                    idx = self._regrow_index(self.strategy.regrow(state, grp, count), grp.id, count)
                     self._check_regrow(grp.id, idx, mask, count)
                     mask = mask.clone()
                     mask[idx] = True
@@ -263,6 +295,7 @@ class PruningController:
             "prune_sparsity": s_prune,
             "regrow_fraction": delta,
             "held_groups": len(self.held) if slack == 0 else 0,
+            "round_to": self.round_to,
             "pruned": pruned_now,
             "regrown": regrown,
             "kept_total": sum(kept.values()),
@@ -272,37 +305,81 @@ class PruningController:
             "groups": groups,
             "seconds": seconds,
         }
+        if self.budget.latency is not None and self.latency is not None:  # the last timed resolution ("step")
+            event["latency"] = {k: v for k, v in self.latency.items() if k != "seconds"}
+            event["latency_seconds"] = self.latency["seconds"]  # differs between DDP ranks: not in the digest
         self.events.append(event)
         log.debug(
             "%s event at step %d: kept %d/%d channels (%.3fs)",
             name, self.step, event["kept_total"], event["channels_total"], seconds,
         )
 
+    def _who(self, method: str) -> str:
+        cls = type(self.strategy)
+        named = f"strategy {cls.name!r} " if getattr(cls, "name", "") else "strategy "
+        return f"{named}({cls.__module__}.{cls.__qualname__}.{method}())"
+
+    def _prune_mask(self, result: Any, gid: str, size: int, k: int) -> torch.Tensor:
+        """What ``prune`` returned as a bool mask of the group's size, or a StrategyError saying what it was."""
+        expected = (
+            f"expected a bool tensor of shape ({size},) with {k} True (the channels kept), e.g. "
+            f"prunekit.strategy.top_k_mask(scores, keep)"
+        )
+        try:
+            mask = result if isinstance(result, torch.Tensor) else torch.as_tensor(result)
+        except (TypeError, ValueError, RuntimeError):
+            kind = f"{type(result).__module__}.{type(result).__qualname__}"
+            raise StrategyError(f"{self._who('prune')} returned a {kind} for group {gid!r}; {expected}") from None
+        if mask.dtype != torch.bool or tuple(mask.shape) != (size,):
+            raise StrategyError(
+                f"{self._who('prune')} returned a {mask.dtype} tensor of shape {tuple(mask.shape)} for group "
+                f"{gid!r}; {expected}"
+            )
+        return mask.cpu()
+
+    def _regrow_index(self, result: Any, gid: str, count: int) -> torch.Tensor:
+        """What ``regrow`` returned as channel indices, or a StrategyError saying what it was."""
+        try:
+            idx = as_index(result)
+        except (TypeError, ValueError, RuntimeError):
+            kind = f"{type(result).__module__}.{type(result).__qualname__}"
+            raise StrategyError(
+                f"{self._who('regrow')} returned a {kind} for group {gid!r}; expected at most {count} channel "
+                "indices (a LongTensor, a list of ints or a bool mask)"
+            ) from None
+        if idx.dtype.is_floating_point:
+            raise StrategyError(
+                f"{self._who('regrow')} returned {idx.dtype} values for group {gid!r}; expected channel indices "
+                "(a LongTensor, a list of ints or a bool mask)"
+            )
+        return idx
+
     def _check_regrow(self, gid: str, idx: torch.Tensor, mask: torch.Tensor, count: int) -> None:
         name = type(self.strategy).__name__
         if len(idx) > count:
-            raise ValueError(f"{name}.regrow() returned {len(idx)} channels for group {gid!r}; at most {count}")
+            raise StrategyError(f"{name}.regrow() returned {len(idx)} channels for group {gid!r}; at most {count}")
         if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= len(mask)):
-            raise ValueError(f"{name}.regrow() returned channel indices outside group {gid!r} (size {len(mask)})")
+            raise StrategyError(f"{name}.regrow() returned channel indices outside group {gid!r} (size {len(mask)})")
         if len(torch.unique(idx)) != len(idx):
-            raise ValueError(f"{name}.regrow() returned a channel twice for group {gid!r}")
+            raise StrategyError(f"{name}.regrow() returned a channel twice for group {gid!r}")
         if bool(mask[idx].any()):
-            raise ValueError(f"{name}.regrow() returned channels of group {gid!r} that are not pruned")
+            raise StrategyError(f"{name}.regrow() returned channels of group {gid!r} that are not pruned")
 
     def _allocate(
-        self, state: PruningState, sparsity: float, held: dict[str, int] | None = None
+        self, state: PruningState, sparsity: float, held: dict[str, int] | None = None, round_to: int | None = None
     ) -> dict[str, int]:
         name = type(self.strategy).__name__
-        counts = self.strategy.allocate(state, self.budget.with_sparsity(sparsity))
+        r = self.round_to if round_to is None else round_to
+        counts = self.strategy.allocate(state, self.budget.with_sparsity(sparsity, round_to=r))
         if held:
             counts = {**counts, **held}
         out = {}
         for grp in self.graph.groups:
             if grp.id not in counts:
-                raise ValueError(f"{name}.allocate() gave no channel count for group {grp.id!r}")
+                raise StrategyError(f"{name}.allocate() gave no channel count for group {grp.id!r}")
             k = counts[grp.id]
             if isinstance(k, bool) or int(k) != k or not 1 <= int(k) <= grp.size:
-                raise ValueError(
+                raise StrategyError(
                     f"{name}.allocate() gave group {grp.id!r} {k!r} channels; it must be an integer in "
                     f"[1, {grp.size}]"
                 )
@@ -321,17 +398,23 @@ class PruningController:
         dense = self.dense_macs()
         return float(self.graph.macs(self.keep if keep is None else keep)) / dense if dense else 1.0
 
-    def _counts_macs(self, counts: dict[str, int]) -> float:
+    def _counts_keep(self, counts: dict[str, int]) -> dict[str, torch.Tensor]:
+        """Keep masks with the first ``counts[g]`` channels of each group (what widths alone decide)."""
         keep = {}
         for grp in self.graph.groups:
             m = torch.zeros(grp.size, dtype=torch.bool)
             m[: counts[grp.id]] = True
             keep[grp.id] = m
-        return self.macs_fraction(keep)
+        return keep
+
+    def _counts_macs(self, counts: dict[str, int]) -> float:
+        return self.macs_fraction(self._counts_keep(counts))
 
     def resolve_sparsity(self, state: PruningState | None = None) -> float:
-        """The global channel sparsity of the budget: ``budget.sparsity``, or for a MACs budget the sparsity
-        at which the strategy's allocation keeps ``budget.macs`` of the dense MACs.
+        """The global channel sparsity of the budget: ``budget.sparsity``; for a MACs budget the sparsity
+        at which the strategy's allocation keeps ``budget.macs`` of the dense MACs; for a latency budget the
+        sparsity whose slimmed model keeps ``budget.latency`` of the dense latency, measured with
+        ``latency_timer`` (see ``_resolve_latency``).
 
         MACs budgets are solved by bisection over the sparsity given to ``strategy.allocate``. When one
         allocation step removes too many MACs at once to land within 1% (one channel of a wide residual
@@ -343,23 +426,38 @@ class PruningController:
             self.sparsity = self.budget.sparsity
             return self.budget.sparsity
         state = state or self.state()
-        target = float(self.budget.macs)  # type: ignore[arg-type]
         if self.dense_macs() == 0:
-            raise ValueError("a MACs budget needs conv/linear layers on the prunable channels; use sparsity=")
+            raise ValueError(
+                "a MACs or latency budget needs conv/linear layers on the prunable channels; use sparsity="
+            )
+        if self.budget.latency is not None:
+            s = self._resolve_latency(state)
+        else:
+            s, self.held, _ = self._solve_macs(state, float(self.budget.macs), self.round_to)  # type: ignore[arg-type]
+        self.sparsity = s
+        return s
+
+    def macs_floor(self, state: PruningState, round_to: int) -> float:
+        """The smallest MACs fraction the strategy's allocation reaches (every group at its minimum)."""
+        return self._counts_macs(self._allocate(state, 1.0 - 1e-9, None, round_to))
+
+    def _solve_macs(
+        self, state: PruningState, target: float, round_to: int, warn: bool = True
+    ) -> tuple[float, dict[str, int], float]:
+        """(sparsity, held groups, MACs fraction reached) of the MACs target ``target`` with ``round_to``."""
         held: dict[str, int] = {}
 
         def frac(s: float) -> float:
-            return self._counts_macs(self._allocate(state, s, held))
+            return self._counts_macs(self._allocate(state, s, held, round_to))
 
         lo, hi = 0.0, 1.0 - 1e-9
         f_lo, f_hi = frac(lo), frac(hi)
         if f_lo <= target:
-            self.sparsity = 0.0
-            return 0.0
+            return 0.0, {}, f_lo
         if f_hi > target * (1 + MACS_TOLERANCE):
             raise ValueError(
                 f"the MACs budget keeps {target:.3g} of the dense MACs, but pruning every group down to its "
-                f"minimum still keeps {f_hi:.3g} (frozen channels and round_to={self.budget.round_to} set the "
+                f"minimum still keeps {f_hi:.3g} (frozen channels and round_to={round_to} set the "
                 f"floor); ask for macs >= {f_hi:.3g} or use a smaller round_to"
             )
         best: tuple[float, float, float, dict[str, int]] = (float("inf"), 0.0, 1.0, {})
@@ -381,19 +479,123 @@ class PruningController:
                     best = (abs(f - target), s, f, dict(held))
             if best[0] <= MACS_TOLERANCE * target:
                 break
-            c_lo, c_hi = self._allocate(state, lo, held), self._allocate(state, hi, held)
+            c_lo, c_hi = self._allocate(state, lo, held, round_to), self._allocate(state, hi, held, round_to)
             changed = {g: c_lo[g] for g in c_lo if c_lo[g] != c_hi[g] and g not in held}
             if not changed:
                 break
             held.update(changed)
-        err, s, f, self.held = best
-        if err > MACS_TOLERANCE * target:
+        err, s, f, held = best
+        if warn and err > MACS_TOLERANCE * target:
             log.warning(
                 "MACs budget %.4f: the closest reachable fraction with this model's group sizes is %.4f",
                 target, f,
             )
-        self.sparsity = s
-        return s
+        return s, held, f
+
+    def _resolve_latency(self, state: PruningState) -> float:
+        """The sparsity of a latency budget (see prunekit.latency_budget): timed at the first event and at the
+        last scheduled one; events in between reuse the MACs fraction of the last measurement."""
+        from .latency_budget import (
+            ROUND_TO_CANDIDATES,
+            LatencyBudgetError,
+            rank_round_to,
+            slope_of,
+            solve_latency,
+            timed,
+        )
+
+        target = float(self.budget.latency)  # type: ignore[arg-type]
+        last = self.step >= self.schedule.steps[-1]
+        if self.latency is not None and not last:
+            s, self.held, _ = self._solve_macs(state, self.latency["macs"], self.round_to, warn=False)
+            return s
+        t0 = time.perf_counter()
+        timer = self.latency_timer
+        assert timer is not None
+        dense = self._slim_counts({g.id: g.size for g in self.graph.groups})
+        cache: dict[tuple[int, tuple[tuple[str, int], ...]], Probe] = {}
+        calls = 0
+
+        def candidate(m: float, r: int) -> tuple[float, dict[str, int], float, dict[str, int]]:
+            s, held, f = self._solve_macs(state, max(m, self.macs_floor(state, r)), r, warn=False)
+            return s, held, f, self._allocate(state, s, held, r)
+
+        def probe(m: float, r: int) -> Probe:
+            nonlocal calls
+            s, held, f, counts = candidate(m, r)
+            key = (r, tuple(sorted(counts.items())))
+            if key not in cache:
+                calls += 1
+                (dense_ms, ms), (_, ratio) = timed(timer([dense, self._slim_counts(counts)]))
+                cache[key] = Probe(f, ratio, ms, dense_ms, r, s, held)
+            return cache[key]
+
+        start = self.latency["macs"] if self.latency is not None else None
+        tried: dict[int, dict[str, float]] = {}
+        if not self.round_to_chosen:
+            try:  # the MACs fraction at which the candidates are compared: where round_to 1 meets the target
+                at = solve_latency(lambda m: probe(m, 1), target, self.macs_floor(state, 1), start)[0].macs
+            except LatencyBudgetError:  # out of reach with round_to 1: compare at its floor (a coarser may reach)
+                at = self.macs_floor(state, 1)
+            widest = max(g.size for g in self.graph.groups)
+            options: dict[int, tuple[float, dict[str, int], float, dict[str, int]]] = {}
+            for r in ROUND_TO_CANDIDATES:
+                if r < widest or r == 1:
+                    c = candidate(at, r)
+                    if all(c[3] != o[3] for o in options.values()):  # same widths as a finer rounding: skip
+                        options[r] = c
+            calls += 1
+            ms, ratios = timed(timer([dense, *(self._slim_counts(c[3]) for c in options.values())]))
+            each = {
+                r: Probe(c[2], q, t, ms[0], r, c[0], c[1])
+                for (r, c), t, q in zip(options.items(), ms[1:], ratios[1:], strict=True)
+            }
+            ranking = rank_round_to(each, slope_of(list(cache.values())), at)
+            tried = {r: {"macs": p.macs, "ratio": p.ratio} for r, p in each.items()}
+            start = at
+        else:
+            ranking = [self.round_to]
+        for i, r in enumerate(ranking):
+            try:
+                best, probes = solve_latency(lambda m, r=r: probe(m, r), target, self.macs_floor(state, r), start)
+                break
+            except LatencyBudgetError:
+                if i + 1 == len(ranking):
+                    raise
+        self.round_to, self.round_to_chosen = r, True
+        if abs(best.ratio - target) > 0.1 * target:
+            log.warning(
+                "latency budget %.3g: the closest measured candidate keeps %.3g of the dense latency",
+                target, best.ratio,
+            )
+        self.held = dict(best.held)
+        self.latency = {
+            **best.summary(),
+            "target": target,
+            "target_ms": target * best.dense_ms,
+            "probes": len(probes),
+            "timer_calls": calls,
+            "round_to_candidates": tried or (self.latency or {}).get("round_to_candidates", {}),
+            "seconds": time.perf_counter() - t0,
+            "step": self.step,
+        }
+        log.info(
+            "latency budget %.3g at step %d: %.3g ms of %.3g ms dense (ratio %.3f) at %.3f of the MACs, round_to %d "
+            "(%d timer calls, %.1fs)",
+            target, self.step, best.ms, best.dense_ms, best.ratio, best.macs, self.round_to, calls,
+            self.latency["seconds"],
+        )
+        return best.sparsity
+
+    def _slim_counts(self, counts: dict[str, int]) -> nn.Module:
+        """The model slimmed to these group widths (first channels kept; the widths alone set its speed), on
+        the CPU without gradients: what a latency timer measures."""
+        with torch.no_grad():
+            small = slim(self.model, self.graph, self._counts_keep(counts))
+        for p in small.parameters():
+            p.grad = None
+            p.requires_grad_(False)
+        return small.eval()
 
     # -- masks ---------------------------------------------------------------------------------------
 
@@ -490,6 +692,8 @@ class PruningController:
             "event_seconds": self.event_seconds,
             "sparsity": self.sparsity,
             "generator": self.generator.get_state(),
+            "round_to": self.round_to,
+            "latency": copy.deepcopy(self.latency),
         }
 
     @torch.no_grad()
@@ -512,6 +716,9 @@ class PruningController:
         self.event_seconds = float(sd["event_seconds"])
         self.sparsity = sd.get("sparsity")
         self.generator.set_state(sd["generator"])
+        if self.budget.round_to == "auto" and sd.get("latency") is not None:
+            self.round_to, self.round_to_chosen = int(sd["round_to"]), True
+        self.latency = copy.deepcopy(sd.get("latency"))
         self.strategy.load_state_dict(sd.get("strategy_state", {}))
         self.keep = {g.id: keep[g.id] for g in self.graph.groups}
         apply_masks(self.model, self.graph, self.keep)

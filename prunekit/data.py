@@ -124,8 +124,13 @@ class BatchStream:
         n = len(split)
         if train:
             self.per_rank = n // world
+            if n == 0:
+                raise DataError("the training set is empty; check data.root and data.limit_train")
             if self.per_rank == 0:
-                raise DataError(f"the training set has {n} samples, fewer than the {world} DDP ranks")
+                raise DataError(
+                    f"the training set has {n} samples, too few for {world} training processes (--nproc "
+                    f"{world}): each needs at least one; use more samples (data.limit_train) or fewer processes"
+                )
         else:
             self.per_rank = math.ceil((n - rank) / world) if n > rank else 0
 
@@ -195,6 +200,9 @@ def build_data(cfg: Any) -> DataBundle:
     for split, limit in ((bundle.train, cfg.limit_train), (bundle.test, cfg.limit_test)):
         if limit is not None and isinstance(split, ArrayData) and limit < len(split):
             split.images, split.labels = split.images[:limit], split.labels[:limit]
+    for what, split in (("training", bundle.train), ("test", bundle.test)):
+        if len(split) == 0:
+            raise DataError(f"the {what} split of {cfg.name!r} is empty; check data.root and data.limit_*")
     return bundle
 
 
@@ -305,13 +313,12 @@ def _cifar(cfg: Any, classes: int) -> DataBundle:
     try:
         tr = cls(root, train=True, download=False)
         te = cls(root, train=False, download=False)
-    except RuntimeError as e:
+    except RuntimeError:  # torchvision's own message suggests download=True, which prunekit never does
         url = cls.url
         raise DataError(
-            f"CIFAR-{classes} not found under {os.path.abspath(root)} "
-            f"(expected the folder {folder}/ of the python "
-            f"version, as torchvision writes it). Download {url} on a machine with internet, unpack it there "
-            f"(tar xzf), and pass `--set data.root=/path/containing/{folder}`. ({e})"
+            f"CIFAR-{classes} not found (or incomplete) under {os.path.abspath(root)}: expected the folder "
+            f"{folder}/ of the python version. Download {url} on a machine with internet, unpack it "
+            f"(tar xzf), and pass `--data-root /path/containing/{folder}` (or --set data.root=...)"
         ) from None
     mean = (0.4914, 0.4822, 0.4465) if classes == 10 else (0.5071, 0.4865, 0.4409)
     std = (0.2470, 0.2435, 0.2616) if classes == 10 else (0.2673, 0.2564, 0.2762)
@@ -377,4 +384,39 @@ def _synthetic(cfg: Any) -> DataBundle:
     return DataBundle("synthetic", train, test, cfg.num_classes, cfg.channels, size)
 
 
-__all__ = ["DATASETS", "ArrayData", "BatchStream", "DataBundle", "DataError", "build_data", "read_idx"]
+def input_spec(bundle: DataBundle) -> dict[str, Any]:
+    """How the model's inputs were made, to feed a trained (or exported) model the same way: the shape of
+    one sample, how pixel values were scaled, the per-channel mean and std they were normalized with
+    (``x = (scaled - mean) / std``) and the resizing of evaluation images. Plain data (result.json, plans)."""
+    test = bundle.test
+    size = bundle.input_size
+    if isinstance(test, ArrayData):
+        mean, std = list(test.mean), list(test.std)
+        native = int(test.images.shape[-1])
+        if bundle.name == "synthetic":
+            scale = "none: the synthetic values are used as they are"
+        elif test.images.dtype == torch.uint8:
+            scale = "pixel values / 255, so 0..1"
+        else:
+            scale = "pixel values scaled to 0..1 (scikit-learn's digits: value / 16)"
+        resize = None if size == native else f"bilinear resize from {native}x{native} to {size}x{size}"
+    else:  # imagefolder: torchvision transforms ending in ToTensor() and Normalize(mean, std)
+        norm = test.transform.transforms[-1]
+        mean, std = [float(v) for v in norm.mean], [float(v) for v in norm.std]
+        scale = "RGB pixel values / 255, so 0..1 (torchvision ToTensor)"
+        resize = f"Resize({int(size * 256 / 224)}) (shorter side), then CenterCrop({size})"
+    return {
+        "dataset": bundle.name,
+        "shape": [bundle.in_channels, size, size],  # one sample: channels, height, width (batches are NCHW)
+        "in_channels": bundle.in_channels,
+        "input_size": size,
+        "channels": "RGB" if bundle.in_channels == 3 and bundle.name != "synthetic" else None,
+        "scale": scale,
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "resize": resize,
+        "normalize": "x = (scaled - mean) / std, per channel",
+    }
+
+
+__all__ = ["DATASETS", "ArrayData", "BatchStream", "DataBundle", "DataError", "build_data", "input_spec", "read_idx"]

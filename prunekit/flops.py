@@ -20,12 +20,16 @@ def count_macs(model: nn.Module, example_inputs: Any) -> int:
     model = unwrap(model)
     inputs = as_inputs(example_inputs)
     was_training = model.training
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     model.eval()
+    # nn.MultiheadAttention's inference fast path is one fused op the counter does not see
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(*inputs)
     finally:
         model.train(was_training)
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return counter.get_total_flops() // 2
 
 

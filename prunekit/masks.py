@@ -33,6 +33,7 @@ def pruned_positions(graph: ChannelGraph, keep: dict[str, Any]) -> Positions:
 def apply_masks(model: nn.Module, graph: ChannelGraph, keep: dict[str, Any]) -> nn.Module:
     """Zero the pruned channels of ``keep`` in every member of ``model`` (in place); returns ``model``."""
     bare = unwrap(model)
+    graph.check_model(bare)
     for (module, param), dims in pruned_positions(graph, keep).items():
         t = tensor_of(bare, module, param)
         for dim, pos in dims:

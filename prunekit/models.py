@@ -107,12 +107,24 @@ def cifar_resnet(depth: int = 20, num_classes: int = 10, in_channels: int = 3, *
     return CifarResNet(depth, num_classes, in_channels, **kw)
 
 
+def _named_depth(depth: int) -> ModelFactory:
+    """The factory of ``resnet<depth>``: the depth is in the name, so ``model.kwargs.depth`` is refused."""
+
+    def factory(num_classes: int = 10, in_channels: int = 3, input_size: int = 32, **kw: Any) -> CifarResNet:
+        if "depth" in kw:
+            raise ValueError(
+                f"model.kwargs.depth: resnet{depth} has depth {depth} by its name; choose the depth with the "
+                "model name instead (--model resnet20, resnet32, resnet44, resnet56 or resnet110) and drop "
+                "model.kwargs.depth"
+            )
+        return cifar_resnet(depth, num_classes, in_channels, **kw)
+
+    factory.__name__ = factory.__qualname__ = f"resnet{depth}"
+    return factory
+
+
 for _depth in (20, 32, 44, 56, 110):
-    register_model(f"resnet{_depth}")(
-        lambda num_classes=10, in_channels=3, input_size=32, _d=_depth, **kw: cifar_resnet(
-            _d, num_classes, in_channels, **kw
-        )
-    )
+    register_model(f"resnet{_depth}")(_named_depth(_depth))
 
 
 # ---------------------------------------------------------------------------------------- small CNN
@@ -341,6 +353,19 @@ def _call_factory(
     return fn(**call, **kw)
 
 
+def _kwargs_error(name: str, kw: dict[str, Any], e: TypeError) -> ValueError | None:
+    """A one-line error when the TypeError ``e`` of building ``name`` is about one of ``model.kwargs``
+    (an argument the factory does not take, or one it is given twice); None for any other TypeError."""
+    text = str(e)
+    bad = [k for k in kw if repr(k) in text]
+    if not bad or "argument" not in text:
+        return None
+    return ValueError(
+        f"model {name!r} cannot take model.kwargs.{bad[0]}={kw[bad[0]]!r} ({text}); remove it or check the "
+        "arguments of the model's factory"
+    )
+
+
 def list_models() -> list[str]:
     """Registered names (CIFAR ResNets, small_cnn, plugins); torchvision names are listed separately."""
     return sorted(_MODELS)
@@ -350,7 +375,21 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3, input_si
     """The model ``name`` for ``num_classes`` classes and inputs [N, in_channels, input_size, input_size].
 
     ``name``: a registered name (``list_models()``), a torchvision model name, ``timm:<name>`` or
-    ``package.module:factory``. Raises ValueError listing the choices for an unknown name."""
+    ``package.module:factory``. Raises ValueError listing the choices for an unknown name, and for
+    ``kw`` the model does not take."""
+    try:
+        model = _build(name, num_classes, in_channels, input_size, kw)
+    except TypeError as e:
+        err = _kwargs_error(name, kw, e) if kw else None
+        if err is None:
+            raise
+        raise err from e
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model factory {name!r} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _build(name: str, num_classes: int, in_channels: int, input_size: int, kw: dict[str, Any]) -> Any:
     if name.startswith(TIMM_PREFIX):  # before package:factory: "timm:resnet18" is a timm model name
         model = timm_model(name[len(TIMM_PREFIX) :], num_classes, in_channels, **kw)
     elif ":" in name:
@@ -374,8 +413,6 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3, input_si
                 f"(`prunekit list models`), timm:<name>, or 'package.module:factory'"
             )
         model = torchvision_model(name, num_classes, in_channels, input_size, **kw)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model factory {name!r} returned {type(model).__name__}, not an nn.Module")
     return model
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "StrategyInfo",
     "StrategyNotFoundError",
     "DuplicateStrategyError",
+    "StrategyClassError",
     "register_strategy",
     "unregister_strategy",
     "get_strategy",
@@ -54,6 +55,10 @@ class StrategyNotFoundError(KeyError):
 
 class DuplicateStrategyError(ValueError):
     """A strategy name is registered twice (pass force=True to replace it on purpose)."""
+
+
+class StrategyClassError(TypeError):
+    """A class registered as a strategy is not a usable Strategy (not a subclass, or abstract methods left)."""
 
 
 @dataclass(frozen=True)
@@ -93,12 +98,15 @@ _lock = threading.RLock()
 
 def _check_class(cls: Any, name: str) -> None:
     if not (inspect.isclass(cls) and issubclass(cls, Strategy)):
-        raise TypeError(
+        raise StrategyClassError(
             f"strategy {name!r} must be a subclass of prunekit.Strategy, got {cls!r}"
         )
     if inspect.isabstract(cls):
         missing = ", ".join(sorted(getattr(cls, "__abstractmethods__", ())))
-        raise TypeError(f"strategy {name!r} ({cls.__name__}) is abstract: implement {missing}")
+        raise StrategyClassError(
+            f"strategy {name!r} ({cls.__module__}.{cls.__qualname__}) is abstract: implement {missing} "
+            "(see docs/custom-strategy.md)"
+        )
 
 
 def _check_name(name: Any) -> str:
@@ -208,10 +216,10 @@ def failed_plugins() -> dict[str, str]:
 
 def _not_found(name: str) -> StrategyNotFoundError:
     names = sorted(_registry)
-    close = difflib.get_close_matches(str(name), names, n=1, cutoff=0.5)
-    msg = f"unknown strategy {name!r}"
-    if close:
-        msg += f"; did you mean {close[0]!r}?"
+    same = [n for n in names if n.lower() == str(name).lower()]  # names are case-sensitive: CHEX -> chex
+    lower = {n.lower(): n for n in names}
+    close = same or [lower[c] for c in difflib.get_close_matches(str(name).lower(), list(lower), n=1, cutoff=0.5)]
+    msg = f"unknown strategy {name!r}" + (f"; did you mean {close[0]!r}?" if close else ".")
     msg += f" Registered strategies: {', '.join(names) if names else 'none'}"
     if name in _failed:
         msg += f". A plugin named {name!r} failed to load: {_failed[name]}"

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from prunekit.graphs import ChannelGraph, masked
+from prunekit.graphs.layers import as_pruned
 from prunekit.graphs.trace import unwrap
 
 from .masks import pruned_positions, tensor_of
@@ -18,7 +19,9 @@ from .masks import pruned_positions, tensor_of
 def slim(model: nn.Module, graph: ChannelGraph, keep: dict[str, Any]) -> nn.Module:
     """A copy of ``model`` with the channels ``keep`` prunes physically removed; ``model`` is untouched.
 
-    ``slim(model, g, keep)(x)`` equals ``apply_masks(copy_of_model, g, keep)(x)`` (eval mode)."""
+    ``slim(model, g, keep)(x)`` equals ``apply_masks(copy_of_model, g, keep)(x)`` (eval mode). A graph built
+    from another model (other parameter names or shapes) is a ValueError."""
+    graph.check_model(unwrap(model))  # a graph of another model would slim the wrong tensors, or fail later
     small = copy.deepcopy(unwrap(model))
     positions = pruned_positions(graph, keep)
     valid = graph.validate_keep(keep)
@@ -69,6 +72,8 @@ def slim(model: nn.Module, graph: ChannelGraph, keep: dict[str, Any]) -> nn.Modu
             else:
                 mod._buffers[name] = new.contiguous()
         _fix_attributes(mod, before)
+    for mod in small.modules():  # attention whose inputs now have fewer channels than its heads
+        as_pruned(mod)
     return small
 
 
@@ -96,3 +101,4 @@ def _fix_attributes(mod: nn.Module, before: dict[str, tuple[int, ...]]) -> None:
         mod.num_channels = mod.weight.shape[0]
     elif isinstance(mod, nn.PReLU):
         mod.num_parameters = mod.weight.shape[0]
+

@@ -168,24 +168,39 @@ class Param:
 class Budget:
     """What the controller must reach: exactly one of
 
-    - ``sparsity``: the global fraction of prunable channels removed (0 <= S < 1), or
-    - ``macs``: the fraction of the dense model's conv/linear MACs to KEEP (0 < M <= 1), e.g. 0.5.
+    - ``sparsity``: the global fraction of prunable channels removed (0 <= S < 1),
+    - ``macs``: the fraction of the dense model's conv/linear MACs to KEEP (0 < M <= 1), e.g. 0.5, or
+    - ``latency``: the fraction of the dense model's latency to KEEP (0 < L < 1), measured on the run's
+      device by timing slimmed candidates (the controller needs a ``latency_timer``; see prunekit.latency).
 
     ``round_to``: kept channels per group are a multiple of this (groups smaller than it stay whole);
-    every group keeps at least one channel.
+    every group keeps at least one channel. With a latency budget it may be ``"auto"``: the controller
+    times a few candidates (``prunekit.latency.ROUND_TO_CANDIDATES``) and keeps the fastest.
     """
 
     sparsity: float | None = None
     macs: float | None = None
-    round_to: int = 1
+    round_to: int | str = 1
+    latency: float | None = None
 
     def __post_init__(self) -> None:
-        if (self.sparsity is None) == (self.macs is None):
+        given = [k for k in ("sparsity", "macs", "latency") if getattr(self, k) is not None]
+        if len(given) != 1:
             raise ValueError(
-                "Budget needs exactly one of sparsity= (fraction of prunable channels removed, e.g. 0.5) "
-                f"or macs= (fraction of dense MACs to keep, e.g. 0.5); got sparsity={self.sparsity!r}, "
-                f"macs={self.macs!r}"
+                "Budget needs exactly one of sparsity= (fraction of prunable channels removed, e.g. 0.5), "
+                "macs= (fraction of dense MACs to keep, e.g. 0.5) or latency= (fraction of the dense latency to "
+                f"keep, e.g. 0.6); got sparsity={self.sparsity!r}, macs={self.macs!r}, latency={self.latency!r}"
             )
+        if self.latency is not None:
+            if isinstance(self.latency, bool) or not isinstance(self.latency, (int, float)):
+                raise ValueError(f"Budget latency must be a number in (0, 1), got {self.latency!r}")
+            if not 0.0 < float(self.latency) < 1.0:
+                raise ValueError(
+                    f"Budget latency is the fraction of the dense model's latency to KEEP and must be in (0, 1), "
+                    f"got {self.latency!r}"
+                    + ("; for 'remove 30%' write latency=0.7" if float(self.latency) > 1 else "")
+                )
+            object.__setattr__(self, "latency", float(self.latency))
         if self.sparsity is not None:
             if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)):
                 raise ValueError(f"Budget sparsity must be a number in [0, 1), got {self.sparsity!r}")
@@ -203,12 +218,26 @@ class Budget:
                     + ("; for 'remove 30%' write macs=0.7" if float(self.macs) > 1 else "")
                 )
             object.__setattr__(self, "macs", float(self.macs))
-        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
-            raise ValueError(f"Budget round_to must be an integer >= 1, got {self.round_to!r}")
+        if self.round_to == "auto":
+            if self.latency is None:
+                raise ValueError(
+                    "Budget round_to='auto' picks the fastest rounding by timing candidates, so it needs a latency "
+                    "budget (latency=...); give an integer round_to with sparsity= or macs="
+                )
+        elif isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
+            raise ValueError(
+                f"Budget round_to must be an integer >= 1 (or 'auto' with latency=), got {self.round_to!r}"
+            )
 
-    def with_sparsity(self, sparsity: float) -> Budget:
-        """The same budget expressed as a global channel sparsity (clamped to [0, 1))."""
-        return Budget(sparsity=min(max(float(sparsity), 0.0), 1.0 - 1e-12), round_to=self.round_to)
+    def with_sparsity(self, sparsity: float, round_to: int | None = None) -> Budget:
+        """The same budget expressed as a global channel sparsity (clamped to [0, 1)); ``round_to`` replaces
+        the budget's own (needed when that is ``"auto"``: the controller passes the rounding it chose)."""
+        r = self.round_to if round_to is None else round_to
+        if r == "auto":
+            raise ValueError(
+                "Budget round_to='auto' must be resolved to an integer first (with_sparsity(s, round_to=r))"
+            )
+        return Budget(sparsity=min(max(float(sparsity), 0.0), 1.0 - 1e-12), round_to=r)
 
     def round_keep(self, keep: float, size: int, offset: float = 0.5) -> int:
         """``keep`` channels of a group of ``size`` rounded to a multiple of ``round_to``, in [1, size]:
@@ -224,8 +253,13 @@ class Budget:
         return max(r, min(k, size), 1)
 
     def describe(self) -> str:
-        what = f"sparsity {self.sparsity:g}" if self.sparsity is not None else f"keep {self.macs:g} of MACs"
-        return what + (f", round_to {self.round_to}" if self.round_to > 1 else "")
+        if self.sparsity is not None:
+            what = f"sparsity {self.sparsity:g}"
+        elif self.macs is not None:
+            what = f"keep {self.macs:g} of MACs"
+        else:
+            what = f"keep {self.latency:g} of latency"
+        return what + (f", round_to {self.round_to}" if self.round_to != 1 else "")
 
 
 # ---------------------------------------------------------------------------------------------- schedule

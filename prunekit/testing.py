@@ -28,7 +28,8 @@ from .slimming import slim
 def randomize_parameters(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give every value a fresh init leaves at a constant a random one, in place (returns ``model``):
     BatchNorm running mean/var and affine weight/bias, GroupNorm/LayerNorm/InstanceNorm affine parameters,
-    the biases of every conv and linear layer, and layer scales (parameters named ``*layer_scale*``).
+    the biases of every conv and linear layer, layer scales (parameters named ``*layer_scale*``), and any other
+    parameter that is still constant (a zero-initialized classifier or token, a gain of ones).
     Ranges keep activations at their init scale: scales in [0.5, 1.5], shifts and means N(0, 0.1^2)."""
     gen = torch.Generator().manual_seed(seed)
 
@@ -55,6 +56,14 @@ def randomize_parameters(model: nn.Module, seed: int = 0) -> nn.Module:
         for name, p in model.named_parameters():
             if "layer_scale" in name.rsplit(".", 1)[-1]:
                 uniform_(p, 0.5, 1.5)
+            elif p.numel() > 1 and bool((p == p.flatten()[0]).all()):
+                # still constant: zero-initialized heads (torchvision ViT), tokens, attention biases, gains
+                if float(p.flatten()[0]) != 0.0:
+                    p.mul_(torch.rand(p.shape, generator=gen, dtype=torch.float64).add(0.5).to(p))
+                elif p.dim() >= 2:
+                    normal_(p, p[0].numel() ** -0.5)
+                else:
+                    normal_(p, 0.1)
     return model
 
 

@@ -145,18 +145,20 @@ class CHEX(Strategy):
 
     params = {
         "delta_0": Param(
-            float, 0.3, min=0, max=1, max_exclusive=True, help="initial regrow fraction (paper: 0.3)"
+            float, 0.3, min=0, max=1, max_exclusive=True,
+            help="initial regrow fraction (the authors' ResNet-50 command: 0.3)",
         ),
         "delta_T": Param(
             float, 2.0, min=0, min_exclusive=True,
-            help="interval between exploration steps, in `unit`s (paper: 2 epochs)",
+            help="interval between exploration steps, in `unit`s (the authors: 2 epochs)",
         ),
         "T_max": Param(
             float, None, min=0,
             help="last exploration step, in `unit`s (default: t_max_fraction of training)",
         ),
         "t_max_fraction": Param(
-            float, 0.72, min=0, max=1, help="T_max as a fraction of training when T_max is unset (paper: 180/250)"
+            float, 0.72, min=0, max=1,
+            help="T_max as a fraction of training when T_max is unset (the authors: 180 of 250 epochs)",
         ),
         "unit": Param(str, "epoch", choices=("epoch", "step"), help="unit of delta_T and T_max"),
         "allocation": Param(

@@ -127,6 +127,16 @@ def test_speedup_quick(tmp_path):
         assert r["rel_error"] <= 1e-4
     md = (tmp_path / "speedup.md").read_text()
     assert "| resnet18 | 64x64 | 8 | 4 |" in md and "of ideal" in md and "--quick" in md
+    # onnxruntime: the dense model and each slimmed variant exported (checked) and timed, interleaved
+    onnx = data["onnx_results"]
+    assert {(r["model"], r["round_to"], r["batch"]) for r in onnx} == {
+        ("resnet20", rt, b) for rt in (1, 8) for b in (1, 4)
+    }
+    for r in onnx:
+        assert r["max_abs_diff_dense"] <= 1e-4 and r["max_abs_diff_slim"] <= 1e-4
+        assert len(r["dense_runs_ms"]) == len(r["slim_runs_ms"]) == 2
+        assert r["speedup"] == pytest.approx(r["dense_ms"] / r["slim_ms"])
+    assert "## ONNX Runtime" in md and "| resnet20 | 32x32 | 8 | 4 |" in md
 
 
 def test_chex_ablation_quick(tmp_path):
@@ -159,3 +169,45 @@ def test_chex_event_cost_quick(tmp_path):
         assert prev["active_after"] - r["out"] + r["in"] == r["active_after"]
     md = (tmp_path / "chex_event_cost.md").read_text()
     assert "| loss before |" in md and "--quick" in md
+
+
+def test_latency_stability_quick(tmp_path):
+    run_script("latency_stability.py", tmp_path)
+    data = json.loads((tmp_path / "latency_stability.json").read_text())
+    (r,) = data["results"]
+    assert r["batch"] == 1 and set(r["runs"]) == {"before", "wall clock", "CPU time"}
+    for method, runs in r["runs"].items():
+        assert len(runs) == 3 and all(x["speedup"] > 0 for x in runs)
+        s = r["summary"][method]
+        assert s["min"] <= s["median"] <= s["max"] and s["spread"] == pytest.approx(s["max"] / s["min"])
+    assert all(x["rounds"] == 20 for x in r["runs"]["before"]) and all(x["rounds"] >= 20 for x in r["runs"]["CPU time"])
+    md = (tmp_path / "latency_stability.md").read_text()
+    assert "| 1 | CPU time |" in md and "--quick" in md
+
+
+def test_train_throughput_quick(tmp_path):
+    run_script("train_throughput.py", tmp_path, "--threads", "1", "--models", "resnet20")
+    data = json.loads((tmp_path / "train_throughput.json").read_text())
+    assert {"machine", "command", "models"} <= set(data)
+    (m,) = data["models"]
+    assert m["model"] == "resnet20" and [r["variant"] for r in m["rows"]] == ["eager", "channels_last"]
+    for r in m["rows"]:
+        assert len(r["bare_runs"]) == len(r["harness_runs"]) == m["reps"]
+        ratios = sorted(h / b for h, b in zip(r["harness_runs"], r["bare_runs"]))
+        assert r["harness_over_bare"] == pytest.approx((ratios[(len(ratios) - 1) // 2] + ratios[len(ratios) // 2]) / 2)
+    assert m["rows"][0]["bare_gain_over_eager"] == pytest.approx(1.0)
+    md = (tmp_path / "train_throughput.md").read_text()
+    assert "| eager |" in md and "| channels_last |" in md and "--quick" in md
+
+
+@pytest.mark.slow  # a real `prunekit run --latency` with timing: a minute or two on a shared machine
+def test_latency_budget_quick(tmp_path):
+    run_script("latency_budget.py", tmp_path)
+    data = json.loads((tmp_path / "latency_budget.json").read_text())
+    (case,) = data["cases"]
+    assert case["case"] == "digits" and data["target"] == 0.8
+    r = case["result"]
+    assert r["latency_target"] == 0.8 and r["latency_budget_batch"] == 256 and r["latency_achieved"] > 0
+    assert case["resolutions"] and len(case["check"]["repeats"]) == 3 and "--latency 0.8" in case["command"]
+    md = (tmp_path / "latency_budget.md").read_text()
+    assert "| digits | 256 |" in md and "target ms" in md and "--quick" in md

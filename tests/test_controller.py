@@ -412,3 +412,37 @@ def test_regrow_allocation_honours_groups_held_by_the_macs_bisection():
     for gid, count in ctrl.held.items():
         assert event["groups"][gid]["allocated"] == count
         assert event["groups"][gid]["active_after"] == count, (gid, event["groups"][gid])
+
+
+def test_weights_rezeroed_when_the_step_cannot_be_trusted_to_keep_zeros():
+    """after_optimizer_step skips re-zeroing weights and optimizer state only when the gradients were masked
+    and the optimizer is exactly SGD/Adam/AdamW; otherwise (no after_backward, or any other optimizer, a
+    subclass of SGD included) it re-zeroes them."""
+
+    class NoisySGD(torch.optim.SGD):  # moves every weight, zero or not
+        @torch.no_grad()
+        def step(self, closure=None):
+            super().step(closure)
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.add_(0.01)
+
+    for make_opt, call_after_backward in (
+        (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-3), False),
+        (lambda p: NoisySGD(p, lr=0.1, momentum=0.9), True),
+    ):
+        model = conv_net()
+        graph = conv_graph(model)
+        opt = make_opt(model.parameters())
+        ctrl = PruningController(model, graph, pk.get_strategy("magnitude"), pk.Budget(sparsity=0.5), 2, 4, seed=0)
+        ctrl.start(opt)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(3):
+            loss = nn.functional.cross_entropy(model(torch.randn(4, 3, 8, 8, generator=g)), torch.tensor([0, 1, 2, 0]))
+            opt.zero_grad()
+            loss.backward()
+            if call_after_backward:
+                ctrl.after_backward()
+            opt.step()
+            ctrl.after_optimizer_step()
+        _check_enforced(model, graph, ctrl.keep, opt)

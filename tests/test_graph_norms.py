@@ -259,6 +259,36 @@ def test_timm_layers(timm):
     assert not group_of(g, "stem").frozen and not group_of(g, "fc1").frozen
 
 
+def test_weight_standardized_convs_prune_input_channels_exactly(timm):
+    """timm's StdConv2d / ScaledStdConv2d (NF-Nets, BiT) standardize each filter over its input channels: the
+    masked model standardizes over the kept inputs (a statistics site), so inputs prune as outputs do."""
+    from timm.layers import ScaledStdConv2d, StdConv2d
+
+    class Net(nn.Module):
+        def __init__(self, c=12):
+            super().__init__()
+            self.a, self.b = ScaledStdConv2d(3, c, 3), StdConv2d(c, c, 3, padding=1)
+            self.dw, self.c = ScaledStdConv2d(c, c, 3, padding=1, groups=c), ScaledStdConv2d(c, 4, 1)
+
+        def forward(self, x):
+            x = F.relu(self.a(x))
+            x = x + F.relu(self.b(x))
+            return self.c(F.relu(self.dw(x))).mean((2, 3))
+
+    model = Net()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, ScaledStdConv2d):
+                m.gain.uniform_(0.5, 1.5)
+    g = check(model, torch.randn(2, 3, 10, 10))
+    grp = group_of(g, "a")
+    assert not grp.frozen and group_of(g, "b", dim=1) is grp and group_of(g, "a", "gain") is grp
+    assert {(s.module, s.kind) for s in g.stats} == {(n, "weight_std") for n in "abc"}  # not the depthwise dw
+    keep = {grp.id: torch.arange(12) % 3 != 0}
+    small = pk.slim(model, g, {**g.full_keep(), **keep})
+    assert small.b.weight.shape == (8, 8, 3, 3) and small.a.gain.shape[0] == 8 and small.c.in_channels == 8
+
+
 # -- channel counts written in attributes, and sizes taken from other channels ------------------------------
 
 
@@ -313,6 +343,33 @@ def test_size_attributes_are_updated_and_literal_or_foreign_sizes_freeze():
     # the reshape uses the channel count of b's output for v's channels: both are frozen
     assert group_of(g, "b").frozen and "channel count of other channels" in " ".join(group_of(g, "b").reasons)
     assert group_of(g, "f.v").frozen
+
+
+class LaterCoupled(nn.Module):
+    """timm Swin's pattern: the attention output is viewed with the C of the block's input, and only the
+    residual add after it couples the two channel sets; torch.roll shifts positions, not channels."""
+
+    def __init__(self, c=8, roll_channels=False):
+        super().__init__()
+        self.embed, self.proj, self.head = nn.Linear(3, c), nn.Linear(c, c), nn.Linear(c, 4)
+        self.roll_channels = roll_channels
+
+    def forward(self, x):  # x: B, H, W, 3
+        x = self.embed(x)
+        B, H, W, C = x.shape
+        y = torch.roll(x, shifts=(1, -1), dims=(1, 2)).view(B, H * W, C)
+        y = self.proj(F.relu(y)).view(B, H, W, C)  # sized with x's C: y's channels are proj's
+        x = x + y
+        if self.roll_channels:
+            x = torch.roll(x, 1, dims=3)
+        return self.head(x).mean((1, 2))
+
+
+def test_sizes_from_channels_coupled_later_and_roll():
+    g = check(LaterCoupled(), torch.randn(2, 4, 4, 3))
+    assert not group_of(g, "embed").frozen and group_of(g, "proj") is group_of(g, "embed")
+    g = check(LaterCoupled(roll_channels=True), torch.randn(2, 4, 4, 3), min_changed=0)
+    assert group_of(g, "embed").frozen and "rolls the channel dim" in " ".join(group_of(g, "embed").reasons)
 
 
 def test_plan_round_trip_keeps_statistics_sites_and_size_attributes(tmp_path):

@@ -195,12 +195,24 @@ class LiteralView(nn.Module):
         return self.fc(self.a(x).view(x.shape[0], 4, 64).flatten(1))
 
 
-@pytest.mark.parametrize("model", [ShuffleOnePerGroup(), LiteralView()], ids=type)
-def test_view_to_a_literal_channel_count_is_frozen(model):
+def test_view_to_a_literal_channel_count_is_frozen():
     # after slimming a literal size in view() would no longer fit the channels (found by the random-CNN test)
-    g = assert_equivalent(model, torch.randn(2, 3, 8, 8))
+    g = assert_equivalent(LiteralView(), torch.randn(2, 3, 8, 8))
     grp = group_of(g, "a.0")
     assert grp.frozen and "fixed size (4)" in grp.reasons[0], grp.reasons
+
+
+def test_view_to_a_channel_count_held_by_an_attribute_rewrites_it():
+    """view(b, self.groups, c // self.groups, ...) with one channel per group: the channel count is the
+    module's attribute, read by its forward; slimming writes the kept count into it (as torchvision ViT's
+    reshape(n, self.hidden_dim, ...)), and the slimmed model matches the masked one."""
+    model = ShuffleOnePerGroup()
+    g = assert_equivalent(model, torch.randn(2, 3, 8, 8))
+    grp = group_of(g, "a.0")
+    assert not grp.frozen
+    assert [a[:3] for a in g.size_attrs] == [("", "groups", None)]
+    keep = {grp.id: torch.tensor([True, False, True, False])}
+    assert pk.slim(model, g, {**g.full_keep(), **keep}).groups == 2
 
 
 class GroupedOverConcat(nn.Module):

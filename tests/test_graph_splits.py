@@ -120,6 +120,37 @@ def test_literal_cuts_stay_frozen_even_when_an_attribute_has_the_same_value():
     assert all(grp.frozen for grp in group_of(g, "a")) and not g.size_attrs
 
 
+class CrossStage(nn.Module):
+    """timm's CSP stages: the expanded channels split in two halves at ``self.expand_chs // 2``."""
+
+    def __init__(self, c=12, literal=False):
+        super().__init__()
+        self.expand_chs, self.literal = c, literal
+        self.a, self.b, self.c = nn.Conv2d(3, c, 1), nn.Conv2d(c // 2, 3, 1), nn.Conv2d(c // 2, 3, 1)
+
+    def forward(self, x):
+        xs, xb = self.a(x).split(self.expand_chs // 2, dim=1)
+        return self.b(xs) + self.c(xb)
+
+
+class HalfLiteral(CrossStage):
+    def forward(self, x):  # the same cut as a literal: expand_chs is not what the code reads
+        xs, xb = self.a(x).split(6, dim=1)
+        return self.b(xs) + self.c(xb)
+
+
+def test_split_at_a_fraction_of_an_attribute_rewrites_the_attribute():
+    g = check(CrossStage(), torch.randn(2, 3, 4, 4))
+    grp = group_of(g, "a")[0]
+    assert not grp.frozen and grp.size == 6  # channel i of each half together
+    assert [a[:3] for a in g.size_attrs] == [("", "expand_chs", None)]
+    keep = {grp.id: torch.tensor([True, False, True, True, False, False])}
+    small = pk.slim(CrossStage(), g, keep)
+    assert small.expand_chs == 6 and small.a.out_channels == 6 and small.b.in_channels == 3
+    g = check(HalfLiteral(), torch.randn(2, 3, 4, 4), seeds=(0,), min_changed=0)
+    assert all(grp.frozen for grp in group_of(g, "a")) and not g.size_attrs
+
+
 @pytest.fixture(scope="module")
 def timm():
     return pytest.importorskip("timm")

@@ -16,6 +16,8 @@ TRANSFORMERS = ("vit_", "swin_", "maxvit_")
 # ConvNeXt normalizes its residual stream with LayerNorm over channels: the stream prunes exactly (the masked
 # model normalizes over the kept channels), as do its inverted-bottleneck channels (nn.Linear = 1x1 conv)
 LN_STREAM = ("convnext_",)
+# ViT and Swin: the residual stream (embedding dim) prunes through their attention layers, heads kept whole
+ATTENTION_STREAM = {"vit_": "conv_proj", "swin_": "features.0.0"}
 CI_SUBSET = {
     "resnet18", "mobilenet_v2", "mobilenet_v3_small", "densenet121", "efficientnet_b0", "shufflenet_v2_x0_5",
     "googlenet", "regnet_x_400mf", "resnext50_32x4d", "squeezenet1_1", "mnasnet0_5", "convnext_tiny",
@@ -68,6 +70,12 @@ def test_slim_matches_masked(name):
         assert g.stats and not any("LayerNorm" in r for f in g.frozen for r in f.reasons)
         assert any(m.module == "features.0.0" for grp in g.groups for m in grp.members), "stem stream prunable"
         assert sum(1 for grp in g.groups if any(m.role == "out" for m in grp.members)) >= 9
+    elif name.startswith(tuple(ATTENTION_STREAM)):
+        stem = next(v for k, v in ATTENTION_STREAM.items() if name.startswith(k))
+        assert any(m.module == stem and m.role == "out" for grp in g.groups for m in grp.members), "stream prunable"
+        # frozen: the input, the classifier, and in Swin V2 the position-bias MLP's ends (one value per head)
+        frozen = {f.id for f in g.frozen if "cpb_mlp" not in f.id}
+        assert frozen == {"input x", "heads.head" if name.startswith("vit_") else "head"}, frozen
     elif not name.startswith(TRANSFORMERS):
         convs = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
         outs = {m.module for grp in g.groups for m in grp.members if m.role == "out"}

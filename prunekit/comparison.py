@@ -1,0 +1,121 @@
+"""Several strategies on one config, side by side: ``prunekit compare``.
+
+    results, out_dir = compare(cfg, ["chex", "magnitude", "random"], dense=True)
+
+Each strategy runs in a sub-directory of one compare directory (``trainer.run``); a strategy that fails
+is recorded with its error (status "failed", or "diverged" when its loss stopped being finite) and the others
+go on; the tables and plots are written by ``report``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from typing import Any
+
+from . import checkpoint as ckpt
+from .config import Config, ConfigError
+from .env import broadcast_object, make_env
+from .results import DENSE_NAMES, RunResult
+from .trainer import TrainingDiverged, check_strategies, resolve_config, run
+
+
+def run_name(strategy: str) -> str:
+    """The sub-directory of a compare directory that the run of ``strategy`` writes."""
+    return "dense" if strategy in DENSE_NAMES else strategy.replace(":", "-").replace("/", "-")
+
+
+def check_distinct(strategies: list[str]) -> None:
+    """A ConfigError when two names would train the same strategy into the same sub-directory (``chex,chex``;
+    ``none,dense``; names that differ only in case)."""
+    seen: dict[str, str] = {}
+    for name in strategies:
+        key = run_name(name).lower()
+        if key in seen:
+            what = f"{name!r} is named twice" if seen[key] == name else f"{seen[key]!r} and {name!r} are the same run"
+            raise ConfigError(f"strategies to compare (--strategies): {what}; give each strategy once")
+        seen[key] = name
+
+
+def check_data_and_model(cfg: Config) -> None:
+    """Build the dataset, the model (checked on the data's shape) and its channel graph once: a missing
+    dataset or an unknown, misconfigured or untraceable model is one error, not a failed row per strategy."""
+    import torch
+
+    import prunekit as pk
+
+    from .data import build_data
+    from .models import build_model, check_model, resolve_leaf_modules
+
+    data = build_data(cfg.data)
+    model = build_model(cfg.model.name, data.num_classes, data.in_channels, data.input_size, **cfg.model.kwargs)
+    leaf_modules = resolve_leaf_modules(model, cfg.model.leaf_modules)
+    check_model(model, data.in_channels, data.input_size, data.num_classes, cfg.model.name)
+    pk.build_graph(model, torch.zeros(1, data.in_channels, data.input_size, data.input_size), leaf_modules=leaf_modules)
+
+
+def compare(
+    config: Config | dict[str, Any] | str | None,
+    strategies: list[str],
+    dense: bool = False,
+    out_dir: str | None = None,
+) -> tuple[list[RunResult], str]:
+    """Run each strategy (and a dense baseline when ``dense``) on the same config, in sub-directories of
+    one compare directory; a strategy that fails is recorded with its error and the others go on.
+    Writes comparison tables (Markdown/CSV/JSON) and plots there; returns (results, compare dir)."""
+    cfg = resolve_config(config)
+    check_distinct(strategies)
+    env = make_env(cfg)
+    if out_dir is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out_dir = os.path.join(cfg.run.out, cfg.run.name or f"compare-{cfg.data.name}-{cfg.model.name}-{stamp}")
+    out_dir = os.path.abspath(broadcast_object(out_dir, env))
+    names = (["none"] if dense and not any(s in DENSE_NAMES for s in strategies) else []) + list(strategies)
+    check_strategies(cfg, names)  # every name and parameter, before the first run trains
+    check_data_and_model(cfg)  # what every strategy's run would fail on alike fails once, before any directory
+    if cfg.prune.params and cfg.prune.strategy not in names and env.main:
+        print(
+            f"[prunekit] prune.params are {cfg.prune.strategy}'s, which this comparison does not run; they are "
+            "not used (give other strategies' parameters as prune.strategy_params.NAME.KEY)",
+            file=sys.stderr,
+        )
+    results: list[RunResult] = []
+    for name in names:
+        sub = cfg.copy()
+        sub.prune.params = {} if name in DENSE_NAMES else cfg.strategy_kwargs(name)
+        sub.prune.strategy = name
+        sub.run.out = out_dir
+        sub.run.name = run_name(name)
+        try:
+            res = run(sub)
+        except Exception as e:  # one failing strategy must not lose the others' results
+            diverged = isinstance(e, TrainingDiverged)
+            err = str(e) if diverged else f"{type(e).__name__}: {e}"
+            res = RunResult(
+                strategy=name,
+                status="diverged" if diverged else "failed",
+                error=err,
+                dataset=cfg.data.name,
+                model=cfg.model.name,
+                seed=cfg.train.seed,
+                epochs=cfg.train.epochs,
+            )
+            if env.main:
+                failed_dir = os.path.join(out_dir, sub.run.name)
+                os.makedirs(failed_dir, exist_ok=True)
+                res.run_dir = failed_dir
+                ckpt.write_text(os.path.join(failed_dir, "error.txt"), traceback.format_exc())
+                ckpt.write_json(os.path.join(failed_dir, "result.json"), res.to_dict())
+            print(f"[prunekit] strategy {name!r} {res.status}: {err}", file=sys.stderr)
+        results.append(res)
+    dense_res = next((r for r in results if r.strategy in DENSE_NAMES and r.status == "ok"), None)
+    if dense_res is not None:
+        for r in results:
+            r.dense_top1 = dense_res.top1
+    if env.main:
+        from .report import write_reports
+
+        write_reports(results, out_dir)
+    return results, out_dir
