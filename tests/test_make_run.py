@@ -1,6 +1,7 @@
 """`make run` prints the comparison table: the Makefile's own `run` recipe is executed (through this Python, with
 one epoch in the default suite and unchanged under `make test-all`)."""
 
+import os
 import re
 import shlex
 import subprocess
@@ -22,9 +23,11 @@ def run_recipe() -> list[str]:
 
 
 def check_table(cmd: list[str], tmp_path: Path) -> None:
+    env = {**os.environ, "COLUMNS": "200"}  # a wide terminal: at 80 columns the table folds (tests/test_outputs.py)
     proc = subprocess.run(
-        [*cmd, "--out", str(tmp_path), "--progress", "plain"], cwd=ROOT, capture_output=True, text=True, timeout=900
-    )
+        [*cmd, "--out", str(tmp_path), "--progress", "plain"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env=env,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "prunekit compare" in out and "top-1" in out and "MACs red." in out
