@@ -27,11 +27,15 @@ data:
 run: setup
 	$(BIN)/prunekit compare --strategies chex,magnitude,random --dense
 
+# pytest-xdist workers (each takes whole test files: module fixtures are built once); the suite is mostly
+# subprocesses of the CLI, so two workers on two cores take about half the time of one
+WORKERS ?= 2
+
 test: setup data
-	$(BIN)/python -m pytest -q -x --timeout=900
+	$(BIN)/python -m pytest -q -x -n $(WORKERS) --dist loadfile --timeout=900
 
 test-all: setup data
-	$(BIN)/python -m pytest -q -m "slow or not slow" --timeout=3600
+	$(BIN)/python -m pytest -q -m "slow or not slow" -n $(WORKERS) --dist loadfile --timeout=3600
 
 # every published page of docs/results/, with the commands printed in them (about 4.5 hours on 2 CPU cores;
 # `benchmarks/run_all.py --list` shows them, `--skip-long` leaves out the Fashion-MNIST training)

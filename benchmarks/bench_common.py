@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -67,3 +70,12 @@ def command_line(script: str, argv: list[str] | None = None) -> str:
 def command_block(command: str) -> list[str]:
     """The closing lines of a result page: the command that produced it, as a code block."""
     return ["Command:", "", "```", command, "```", ""]
+
+
+def save_page(out: Path, name: str, data: dict[str, Any], write_markdown: Callable[[Path, dict], None],
+              indent: int = 2) -> None:  # fmt: skip
+    """Write ``out/name.json`` (the figures) and ``out/name.md`` (the page ``write_markdown`` renders)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(data, indent=indent) + "\n")
+    write_markdown(out / f"{name}.md", data)
+    print(f"wrote {out / name}.md and .json")

@@ -91,6 +91,8 @@ def run_config(args: argparse.Namespace, strategy: str, seed: int, target: float
         "train.seed": seed,
         "train.threads": args.threads,
         "train.device": args.device,
+        # NCHW, as every run of the published pages used (channels_last became the CPU default later)
+        "train.channels_last": False,
         "data.limit_train": args.train_subset,  # None: the whole split
         "data.limit_test": args.test_subset,
         "data.root": args.data_root,

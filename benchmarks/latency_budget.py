@@ -33,7 +33,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_common import command_block, command_line, machine_info  # noqa: E402
+from bench_common import command_block, command_line, machine_info, save_page  # noqa: E402
 
 import prunekit as pk  # noqa: E402
 from prunekit.env import Env  # noqa: E402
@@ -181,9 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             data["cases"].append(c)
-    (out / f"{args.name}.json").write_text(json.dumps(data, indent=2) + "\n")
-    write_markdown(out / f"{args.name}.md", data)
-    print(f"wrote {out / args.name}.md and .json")
+    save_page(out, args.name, data, write_markdown)
     return 0
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
@@ -37,7 +36,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_common import command_block, command_line, machine_info  # noqa: E402
+from bench_common import command_block, command_line, machine_info, save_page  # noqa: E402
 
 import prunekit as pk  # noqa: E402
 from prunekit.controller import PruningController  # noqa: E402
@@ -244,9 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "overhead.json").write_text(json.dumps(data, indent=1))
-    write_markdown(out / "overhead.md", data)
-    print(f"wrote {out / 'overhead.md'} and {out / 'overhead.json'}")
+    save_page(out, "overhead", data, write_markdown, indent=1)
     return 0
 
 

@@ -231,6 +231,15 @@ def bench_onnx(name: str, size: int, models: dict[str, nn.Module], x1: torch.Ten
     return rows
 
 
+def row_head(r: dict) -> str:
+    """The columns both tables start with: model, input, round_to, batch, dense / slimmed ms, speedup, ideal."""
+    size = "x".join(map(str, r["input"][2:]))
+    return (
+        f"| {r['model']} | {size} | {r['round_to']} | {r['batch']} | {r['dense_ms']:.2f} | {r['slim_ms']:.2f} "
+        f"| {r['speedup']:.2f} | {r['ideal_speedup']:.2f} | {r['fraction_of_ideal']:.2f} "
+    )
+
+
 def onnx_lines(rows: list[dict], settings: dict) -> list[str]:
     """The page's ONNX Runtime section."""
     if not rows:
@@ -250,11 +259,8 @@ def onnx_lines(rows: list[dict], settings: dict) -> list[str]:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        size = "x".join(map(str, r["input"][2:]))
         lines.append(
-            f"| {r['model']} | {size} | {r['round_to']} | {r['batch']} | {r['dense_ms']:.2f} | {r['slim_ms']:.2f} "
-            f"| {r['speedup']:.2f} | {r['ideal_speedup']:.2f} | {r['fraction_of_ideal']:.2f} "
-            f"| {r['macs_fraction']:.4f} | {r['max_abs_diff_dense']:.1e} / {r['max_abs_diff_slim']:.1e} "
+            f"{row_head(r)}| {r['macs_fraction']:.4f} | {r['max_abs_diff_dense']:.1e} / {r['max_abs_diff_slim']:.1e} "
             f"| {len(r['slim_runs_ms'])} | {r['reps']} |"
         )
     return lines
@@ -303,11 +309,8 @@ def write(
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        size = "x".join(map(str, r["input"][2:]))
         lines.append(
-            f"| {r['model']} | {size} | {r['round_to']} | {r['batch']} | {r['dense_ms']:.2f} | {r['slim_ms']:.2f} "
-            f"| {r['speedup']:.2f} | {r['ideal_speedup']:.2f} | {r['fraction_of_ideal']:.2f} "
-            f"| {r['speedup_min']:.2f} "
+            f"{row_head(r)}| {r['speedup_min']:.2f} "
             f"| {r['macs_fraction']:.4f}{'' if r['macs_ok'] else ' (off)'} "
             f"| {r['params_slim'] / r['params_dense']:.3f} | {r['rel_error']:.1e} | {len(r['slim_runs_ms'])} "
             f"| {r['reps']} |"

@@ -27,7 +27,6 @@ Target: harness >= 0.95 of the bare loop. Writes ``train_throughput.md`` and ``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -40,7 +39,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_common import command_block, command_line, machine_info  # noqa: E402
+from bench_common import command_block, command_line, machine_info, save_page  # noqa: E402
 
 from prunekit.config import Config  # noqa: E402
 from prunekit.env import make_env  # noqa: E402
@@ -266,9 +265,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         data["models"].append(res)
-    (out / f"{args.name}.json").write_text(json.dumps(data, indent=2) + "\n")
-    write_markdown(out / f"{args.name}.md", data)
-    print(f"wrote {out / args.name}.md and .json")
+    save_page(out, args.name, data, write_markdown)
     return 0
 
 

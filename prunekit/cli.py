@@ -45,6 +45,7 @@ FLAG_KEYS = {
     "sparsity": "prune.sparsity",
     "macs": "prune.macs",
     "latency": "prune.latency",
+    "latency_batch": "prune.latency_batch",
     "round_to": "prune.round_to",
     "out": "run.out",
     "name": "run.name",
@@ -100,8 +101,14 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
         "--latency",
         type=float,
         metavar="F",
-        help="fraction of the dense model's latency to keep, timed on the run's device (instead of --sparsity; "
-        "batch: prune.latency_batch)",
+        help="fraction of the dense model's latency to keep, timed on the run's device (instead of --sparsity)",
+    )
+    g.add_argument(
+        "--latency-batch",
+        type=int,
+        metavar="N",
+        help="batch size the latency budget is timed at (default run.latency_batch, 32): the batch you deploy at; "
+        "small inputs at a small batch are dominated by per-layer overhead that pruning cannot remove",
     )
     g.add_argument(
         "--round-to",

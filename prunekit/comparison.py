@@ -27,6 +27,17 @@ def run_name(strategy: str) -> str:
     return "dense" if strategy in DENSE_NAMES else strategy.replace(":", "-").replace("/", "-")
 
 
+def strategy_run_config(base: Config, cfg: Config, strategy: str, out: str, name: str) -> Config:
+    """A copy of ``base`` that runs ``strategy`` with its own parameters from ``cfg`` (none for the dense
+    run) into ``out/name``: one run of a comparison or a sweep."""
+    sub = base.copy()
+    sub.prune.params = {} if strategy in DENSE_NAMES else cfg.strategy_kwargs(strategy)
+    sub.prune.strategy = strategy
+    sub.run.out = out
+    sub.run.name = name
+    return sub
+
+
 def check_distinct(strategies: list[str]) -> None:
     """A ConfigError when two names would train the same strategy into the same sub-directory (``chex,chex``;
     ``none,dense``; names that differ only in case)."""
@@ -83,11 +94,7 @@ def compare(
         )
     results: list[RunResult] = []
     for name in names:
-        sub = cfg.copy()
-        sub.prune.params = {} if name in DENSE_NAMES else cfg.strategy_kwargs(name)
-        sub.prune.strategy = name
-        sub.run.out = out_dir
-        sub.run.name = run_name(name)
+        sub = strategy_run_config(cfg, cfg, name, out_dir, run_name(name))
         try:
             res = run(sub)
         except Exception as e:  # one failing strategy must not lose the others' results

@@ -126,8 +126,8 @@ def solve_latency(
             f"the latency budget keeps {target:g} of the dense latency ({target * smallest.dense_ms:.3g} ms), but "
             f"the smallest model this allocation reaches (round_to={smallest.round_to}, {smallest.macs:.3g} of the "
             f"MACs) measures {smallest.ratio:.3g} of it ({smallest.ms:.3g} ms); ask for latency >= "
-            f"{smallest.ratio * (1 + tolerance):.2f}, or raise prune.latency_batch so compute, not per-layer overhead, "
-            "dominates the time"
+            f"{smallest.ratio * (1 + tolerance):.2f}, or raise prune.latency_batch (--latency-batch) so compute, "
+            "not per-layer overhead, dominates the time"
         )
     return best, probes
 

@@ -253,12 +253,13 @@ class Budget:
         return max(r, min(k, size), 1)
 
     def describe(self) -> str:
+        """ "sparsity 0.5", "MACs 0.3" (kept), "latency 0.6" (kept), with ", round_to N" when N is not 1."""
         if self.sparsity is not None:
             what = f"sparsity {self.sparsity:g}"
         elif self.macs is not None:
-            what = f"keep {self.macs:g} of MACs"
+            what = f"MACs {self.macs:g}"
         else:
-            what = f"keep {self.latency:g} of latency"
+            what = f"latency {self.latency:g}"
         return what + (f", round_to {self.round_to}" if self.round_to != 1 else "")
 
 

@@ -28,6 +28,7 @@ from typing import Any
 from . import checkpoint as ckpt
 from .config import Config, ConfigError
 from .results import DENSE_NAMES, ERROR_FILE, RunResult
+from .strategy import Budget
 
 MANIFEST = "sweep.json"
 FORMAT = "prunekit-sweep/1"
@@ -56,7 +57,7 @@ def emit_commands(
     """Write the ``prunekit run`` command of every run ``compare(cfg, strategies, dense)`` would make to
     ``path``, one per line, with their configs and the manifest under the output root; returns (commands,
     root). Checks every strategy name and parameter first; nothing is trained."""
-    from .comparison import check_distinct, run_name
+    from .comparison import check_distinct, run_name, strategy_run_config
     from .trainer import check_strategies
 
     check_distinct(strategies)
@@ -79,11 +80,7 @@ def emit_commands(
         tail += ["--nproc", str(nproc)]
     runs, commands = [], []
     for name in names:
-        sub = base.copy()
-        sub.prune.params = {} if name in DENSE_NAMES else cfg.strategy_kwargs(name)
-        sub.prune.strategy = name
-        sub.run.out = root
-        sub.run.name = run_name(name)
+        sub = strategy_run_config(base, cfg, name, root, run_name(name))
         config = os.path.join(root, "configs", f"{sub.run.name}.yaml")
         ckpt.write_text(config, sub.to_yaml())
         command = f"cd {shlex.quote(cwd)} && " + shlex.join(["prunekit", "run", "--config", config, *tail])
@@ -194,14 +191,10 @@ def budget_label(cfg: Config | None) -> str | None:
     """ "sparsity 0.5", "MACs 0.3", "latency 0.6" (", round_to 8" when not 1) for a pruned run's config."""
     if cfg is None or cfg.prune.strategy in DENSE_NAMES:
         return None
-    p = cfg.prune
-    if p.latency is not None:
-        text = f"latency {p.latency:g}"
-    elif p.macs is not None:
-        text = f"MACs {p.macs:g}"
-    else:
-        text = f"sparsity {0.5 if p.sparsity is None else p.sparsity:g}"
-    return text if p.round_to in (1, None) else f"{text}, round_to {p.round_to}"
+    kw = cfg.budget_kwargs()
+    if kw["round_to"] is None:
+        kw["round_to"] = 1
+    return Budget(**kw).describe()
 
 
 def label_rows(results: list[RunResult]) -> None:

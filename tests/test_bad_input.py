@@ -16,6 +16,7 @@ import time
 
 import pytest
 import torch
+from cli_helpers import run_prunekit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # cheap: the embedded digits data, a small CNN, one epoch of two batches
@@ -134,10 +135,7 @@ def work(tmp_path):
 
 
 def pk(*args, cwd, timeout=300, env=None):
-    e = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
-    return subprocess.run(
-        [sys.executable, "-m", "prunekit", *args], cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout
-    )
+    return run_prunekit(*args, cwd=cwd, timeout=timeout, env=env)
 
 
 def error_line(r, work, training_log=False, existing=()):

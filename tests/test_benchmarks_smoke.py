@@ -1,5 +1,6 @@
 """The benchmark scripts run end to end (their --quick modes, in a subprocess, into a temporary folder) and
-write the Markdown and JSON they promise."""
+write the Markdown and JSON they promise. The default suite runs the cheap ones; the ones that train or time
+for a minute or more are marked slow (``make test-all``)."""
 
 import json
 import subprocess
@@ -37,6 +38,7 @@ def test_graph_build_quick(tmp_path):
     assert "| resnet18 |" in md and "ratio" in md and "--quick" in md
 
 
+@pytest.mark.slow  # every zoo model traced: about a minute; make test-all runs it
 def test_zoo_coverage_quick(tmp_path):
     pytest.importorskip("torch_pruning")
     run_script("zoo_coverage.py", tmp_path)
@@ -55,6 +57,7 @@ def test_zoo_coverage_quick(tmp_path):
     assert "| shufflenet_v2_x0_5 |" in md
 
 
+@pytest.mark.slow  # trains a grid of runs twice (--resume): two minutes or more; make test-all runs it
 def test_fmnist_accuracy_quick(tmp_path):
     pytest.importorskip("torch_pruning")
     from prunekit.data import FASHION_FILES, FASHION_MNIST_ROOT, find_idx
@@ -106,6 +109,7 @@ def test_fmnist_accuracy_quick(tmp_path):
     assert json.loads((tmp_path / "fm.json").read_text()) == resumed
 
 
+@pytest.mark.slow  # slims and times ResNet-scale models: about a minute; make test-all runs it
 def test_speedup_quick(tmp_path):
     run_script("speedup.py", tmp_path)
     data = json.loads((tmp_path / "speedup.json").read_text())
@@ -139,6 +143,7 @@ def test_speedup_quick(tmp_path):
     assert "## ONNX Runtime" in md and "| resnet20 | 32x32 | 8 | 4 |" in md
 
 
+@pytest.mark.slow  # trains one run per ablation variant: about a minute; make test-all runs it
 def test_chex_ablation_quick(tmp_path):
     run_script("chex_ablation.py", tmp_path)
     data = json.loads((tmp_path / "chex_ablation.json").read_text())
@@ -171,6 +176,7 @@ def test_chex_event_cost_quick(tmp_path):
     assert "| loss before |" in md and "--quick" in md
 
 
+@pytest.mark.slow  # times pairs of models repeatedly; make test-all runs it
 def test_latency_stability_quick(tmp_path):
     run_script("latency_stability.py", tmp_path)
     data = json.loads((tmp_path / "latency_stability.json").read_text())
@@ -185,6 +191,7 @@ def test_latency_stability_quick(tmp_path):
     assert "| 1 | CPU time |" in md and "--quick" in md
 
 
+@pytest.mark.slow  # times training steps of several variants; make test-all runs it
 def test_train_throughput_quick(tmp_path):
     run_script("train_throughput.py", tmp_path, "--threads", "1", "--models", "resnet20")
     data = json.loads((tmp_path / "train_throughput.json").read_text())

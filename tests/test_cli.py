@@ -2,12 +2,11 @@
 
 import json
 import os
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
+from cli_helpers import run_prunekit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = [
@@ -25,10 +24,7 @@ QUICK = [
 
 
 def pk(*args, cwd=ROOT, timeout=600, env=None):
-    e = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
-    return subprocess.run(
-        [sys.executable, "-m", "prunekit", *args], cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout
-    )
+    return run_prunekit(*args, cwd=cwd, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="module")

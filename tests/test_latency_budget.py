@@ -7,11 +7,10 @@ docs/results/latency_budget.md)."""
 import copy
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from cli_helpers import run_prunekit
 from conftest_strategies import one_thread  # noqa: F401  (fixture)
 from torch import nn
 
@@ -243,6 +242,15 @@ def test_config_keys_and_errors():
             load_config(sets=sets)
 
 
+def test_latency_batch_flag_sets_the_config_key():
+    from prunekit.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["run", "--latency", "0.6", "--latency-batch", "256"])
+    cfg = config_from_args(args)
+    assert (cfg.prune.latency, cfg.prune.latency_batch, cfg.run.latency_batch) == (0.6, 256, 32)
+    assert config_from_args(build_parser().parse_args(["run", "--latency", "0.6"])).prune.latency_batch is None
+
+
 def test_result_table_shows_target_and_achieved():
     base = {"strategy": "magnitude", "dataset": "digits", "model": "resnet20", "epochs": 1, "seed": 0}
     plain = markdown([RunResult(**base)])
@@ -259,10 +267,7 @@ def test_result_table_shows_target_and_achieved():
 
 
 def cli(*args, timeout=600):
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.run(
-        [sys.executable, "-m", "prunekit", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return run_prunekit(*args, timeout=timeout)
 
 
 QUICK = ["--strategy", "magnitude", "--epochs", "1", "--progress", "plain", "--set", "data.limit_train=256",

@@ -108,7 +108,9 @@ def test_budget_validation_and_rounding():
     assert b.round_keep(5, 6) == 6 and b.round_keep(64, 64) == 64 and b.round_keep(63.5, 64) == 64
     assert pk.Budget(sparsity=0.5).round_keep(0.2, 10) == 1  # at least one channel
     assert b.with_sparsity(0.3) == pk.Budget(sparsity=0.3, round_to=8)
-    assert pk.Budget(macs=0.5).describe() == "keep 0.5 of MACs"
+    assert pk.Budget(macs=0.5).describe() == "MACs 0.5"
+    assert pk.Budget(latency=0.6, round_to="auto").describe() == "latency 0.6, round_to auto"
+    assert pk.Budget(sparsity=0.25, round_to=8).describe() == "sparsity 0.25, round_to 8"
 
 
 def test_schedule():

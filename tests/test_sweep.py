@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from cli_helpers import run_prunekit
 
 from prunekit.config import Config, ConfigError
 from prunekit.results import RunResult
@@ -23,9 +24,7 @@ SAME = ["strategy", "top1", "best_top1", "loss", "params", "macs", "macs_reducti
 
 
 def pk(*args, cwd, env=None):
-    e = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
-    argv = [sys.executable, "-m", "prunekit", *args]
-    return subprocess.run(argv, cwd=cwd, env=e, capture_output=True, text=True, timeout=900)
+    return run_prunekit(*args, cwd=cwd, env=env)
 
 
 def table_rows(stdout):
