@@ -1,7 +1,7 @@
 """Regenerate every published result page (`make bench`): the commands in the "Command" blocks of
 docs/results/*.md, one after the other, each writing its Markdown and JSON to docs/results/.
 
-    .venv/bin/python benchmarks/run_all.py                  # every page: about 4.5 hours on 2 CPU cores
+    .venv/bin/python benchmarks/run_all.py                  # every page: about 12 hours on 2 CPU cores
     .venv/bin/python benchmarks/run_all.py --list           # the commands, without running them
     .venv/bin/python benchmarks/run_all.py --only graph_build overhead
     .venv/bin/python benchmarks/run_all.py --skip-long      # all but the Fashion-MNIST training and train_throughput
@@ -73,7 +73,7 @@ PAGES = [
         12,
     ),
     Page("zoo_coverage", ".venv/bin/python benchmarks/zoo_coverage.py", 26),
-    Page("zoo_coverage_timm", ".venv/bin/python benchmarks/zoo_coverage.py --suite timm", 20),  # time: estimate
+    Page("zoo_coverage_timm", "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/zoo_coverage.py --suite timm", 20),  # estimate
     Page(
         "fmnist_accuracy",
         f"OMP_NUM_THREADS=1 .venv/bin/python {FMNIST} --epochs 6 {SUBSETS} --param chex.delta_T=0.5 --jobs 2",

@@ -57,10 +57,22 @@ def _reason_key(reason: str) -> str:
     return re.sub(r"\(groups=\d+\)|\(\d+\)", "", r)[:110]
 
 
+def distinct_channels(blocks, classifier: str, model: nn.Module | None = None) -> int:
+    """How many distinct (module, output channel) pairs the coupled sets hold, the classifier's left out.
+    With ``model``: only channels that exist (an index below the layer's output width). Torch-Pruning 1.6
+    maps the channels of a split tensor to indices past the layer's width on CSP stages (cs3darknet_m: 192
+    indices for a 96-channel conv), which would count phantom channels."""
+    pairs = {pair for block in blocks for pair in block if pair[0] != classifier}
+    if model is not None:
+        mods = dict(model.named_modules())
+        pairs = {(n, i) for n, i in pairs if i < mods[n].weight.shape[0]}
+    return len(pairs)
+
+
 def _ours_pairs(g, classifier: str) -> int:
     from tp_compare import ours_partition
 
-    return sum(1 for block in ours_partition(g) for mod, _ in block if mod != classifier)
+    return distinct_channels(ours_partition(g), classifier)
 
 
 def cover(name: str) -> dict:
@@ -86,7 +98,8 @@ def cover(name: str) -> dict:
     )  # fmt: skip
     try:
         theirs = tp_partition_guarded(model, x[:1], [cls])
-        row["tp"] = sum(1 for block in theirs for mod, _ in block if mod != cls_name)
+        row["tp"] = distinct_channels(theirs, cls_name, model)
+        row["tp_phantom"] = distinct_channels(theirs, cls_name) - row["tp"]
         row["tp_error"] = ""
     except Exception as e:
         row["tp"], row["tp_error"] = None, str(e)[:160]
@@ -115,8 +128,10 @@ def render(rows: list[dict], command: str, done: bool, total: int) -> str:
         f"by >= {MIN_CHANGE:g}, or nothing is prunable). Where Torch-Pruning builds ({len(with_tp)} models), ours "
         f"reaches >= 0.9 of its prunable channels on {len(at_09)}.",
         "",
-        "*Channels*: prunable conv/linear output channels, classifier excluded (ours: in prunable groups; "
-        "Torch-Pruning: in its DependencyGraph's groups rooted at conv/linear layers). Torch-Pruning prunes some "
+        "*Channels*: distinct prunable conv/linear output channels, classifier excluded (ours: in prunable groups; "
+        "Torch-Pruning: in its DependencyGraph's groups rooted at conv/linear layers; each channel once, and only "
+        "channels that exist: Torch-Pruning 1.6 maps a split tensor's channels to indices past the layer's "
+        "width on CSP stages, which the count leaves out). Torch-Pruning prunes some "
         "sets inexactly (LayerNorm over channels, weight-standardized convs): a larger count there is not a "
         "set we could prune exactly. *Frozen*: our frozen channels by reason, the largest first (model input "
         "and output left out). *Build s*: our graph build on a shared 2-core machine (benchmarks/graph_build.py "

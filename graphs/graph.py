@@ -177,13 +177,22 @@ class ChannelGraph:
         for grp in groups:
             for m in grp.members:
                 self._members_at.setdefault((m.module, m.param, m.dim), []).append((grp.id, m.channels))
-        self.nx_graph = nx.Graph()
-        for grp in groups + frozen:
-            self.nx_graph.add_node(grp.id, kind="group", group=grp, size=grp.size, frozen=grp.frozen)
-            # a module holds several members of a group (weight, bias, running stats): one node, one edge
-            mods = dict.fromkeys(f"module:{m.module}" for m in grp.members)
-            self.nx_graph.add_nodes_from(mods, kind="module")
-            self.nx_graph.add_edges_from((grp.id, node) for node in mods)
+        self._nx: nx.Graph | None = None
+
+    @property
+    def nx_graph(self) -> nx.Graph:
+        """The networkx graph (see the class docstring), built on first use: pruning and slimming never read
+        it, and building it is a fifth of a DenseNet-121 graph build."""
+        if getattr(self, "_nx", None) is None:
+            g = nx.Graph()
+            for grp in self.groups + self.frozen:
+                g.add_node(grp.id, kind="group", group=grp, size=grp.size, frozen=grp.frozen)
+                # a module holds several members of a group (weight, bias, running stats): one node, one edge
+                mods = dict.fromkeys(f"module:{m.module}" for m in grp.members)
+                g.add_nodes_from(mods, kind="module")
+                g.add_edges_from((grp.id, node) for node in mods)
+            self._nx = g
+        return self._nx
 
     def __getitem__(self, group_id: str) -> ChannelGroup:
         try:

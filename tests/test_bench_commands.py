@@ -33,7 +33,7 @@ def normalized(command: str) -> list[str]:
     for w in words:
         if skip:
             skip = False
-        elif w == "--jobs":
+        elif w in ("--jobs", "--out"):  # how many at a time and where the pages go do not change them
             skip = True
         elif w != "--resume":
             out.append(w)
