@@ -73,7 +73,7 @@ PAGES = [
         12,
     ),
     Page("zoo_coverage", ".venv/bin/python benchmarks/zoo_coverage.py", 26),
-    Page("zoo_coverage_timm", "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/zoo_coverage.py --suite timm", 20),  # estimate
+    Page("zoo_coverage_timm", "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/zoo_coverage.py --suite timm", 20),
     Page(
         "fmnist_accuracy",
         f"OMP_NUM_THREADS=1 .venv/bin/python {FMNIST} --epochs 6 {SUBSETS} --param chex.delta_T=0.5 --jobs 2",
