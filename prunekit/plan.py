@@ -18,7 +18,6 @@ import copy
 import importlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,6 +26,7 @@ from torch import nn
 
 from prunekit.graphs import ChannelGraph
 
+from .checkpoint import atomic_write, write_text
 from .slimming import slim
 
 FORMAT = "prunekit-plan/1"
@@ -72,16 +72,7 @@ def save_pruned(
     }
     if input_spec is not None:
         plan["input"] = input_spec
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(plan, tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # the user's umask, not mkstemp's 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda tmp: torch.save(plan, tmp))
 
 
 def check_rebuilds(
@@ -412,23 +403,8 @@ def save_plan(
     ``load_plan(path)`` will work. ``input_spec``: how the model's inputs are made (plain data: shape,
     scaling, mean and std), kept as the plan's ``"input"``."""
     plan = plan_dict(model, graph, keep, factory, factory_kwargs, input_spec, check)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(_dumps(plan) + "\n")
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_text(path, _dumps(plan) + "\n")
     return plan
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def read_plan(path: str) -> dict[str, Any]:
