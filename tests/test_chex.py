@@ -157,7 +157,8 @@ def test_coupled_option_mean_max_and_fixed():
     scores = CHEX().channel_scores(state)
     assert {g.id: fixed[g.id] for g in inner} == global_ranking_counts(graph, scores, budget, groups=inner)
     state.extra.clear()
-    ranked = CHEX().allocate(state, budget)
+    assert CHEX().coupled == "fixed"  # the default: docs/strategies.md, *Which coupled variant*
+    ranked = CHEX(coupled="mean").allocate(state, budget)
     assert sum(ranked.values()) == graph.total_channels - round(0.6 * graph.total_channels)
     assert any(ranked[g.id] != uniform[g.id] for g in coupled)
     with pytest.raises(ValueError, match="coupled"):

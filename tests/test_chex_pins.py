@@ -117,7 +117,9 @@ def test_regrow_count_is_the_allocation_at_s_minus_delta_t_less_the_allocation_a
     spe, epochs, t_max_epochs, sparsity = 3, 4, 3, 0.5
     model = conv_net()
     graph = conv_graph(model)
-    chex = CHEX(delta_T=1, T_max=t_max_epochs, delta_0=delta_0)
+    # coupled="mean": every group ranked, so the widths move with the budget and the case tells the rules
+    # apart (with the default "fixed", this small net's streams hold their width)
+    chex = CHEX(delta_T=1, T_max=t_max_epochs, delta_0=delta_0, coupled="mean")
     ctrl = PruningController(model, graph, chex, pk.Budget(sparsity=sparsity), spe, epochs, seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     ctrl.start(opt)
