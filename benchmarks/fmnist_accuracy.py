@@ -293,8 +293,9 @@ def write(out: Path, data: dict[str, Any]) -> None:
         "final model is slimmed and measured.",
         "",
         "Strategies: **chex** (its defaults: exploration every 2 epochs until 72% of training, regrow "
-        "fraction 0.3 decaying on a cosine, pruned channels ranked at gamma = 0 and residual streams by the "
-        "mean |gamma| of their BN layers; BN statistics re-estimated before evaluating an epoch with an event), "
+        "fraction 0.3 decaying on a cosine, pruned channels ranked at gamma = 0 and residual streams "
+        + COUPLED_TEXT[s.get("chex_coupled", LEGACY_SETTINGS["chex_coupled"])]
+        + "; BN statistics re-estimated before evaluating an epoch with an event), "
         "**magnitude** (L1 norm of the filters, uniform widths, pruned once before training unless a variant "
         "sets `at`, or `at`/`end` for gradual pruning on Zhu & Gupta's cubic schedule: docs/strategies.md), "
         "**random** (uniform widths, random channels, before training)"
@@ -491,6 +492,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "quick": args.quick,
             "runs_dir": str(runs_dir),
             "name": args.name,
+            "chex_coupled": chex_default_coupled(),
         },
         "runs_planned": len(plan),
         "runs": [],
@@ -531,7 +533,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 # Settings that change what a run computes; the others (seeds, targets, strategies, threads, jobs) only
 # change which runs there are or how fast they go.
-RESULT_SETTINGS = ("epochs", "train_subset", "test_subset", "params", "variants", "config", "quick", "device")
+RESULT_SETTINGS = ("epochs", "train_subset", "test_subset", "params", "variants", "config", "quick", "device",
+                   "chex_coupled")  # fmt: skip
+# what a result file written before a setting was recorded ran with: CHEX ranked coupled groups by their
+# mean |gamma| until issue 15's measurement made "fixed" the default
+LEGACY_SETTINGS = {"chex_coupled": "mean"}
+
+
+COUPLED_TEXT = {
+    "mean": "ranked by the mean |gamma| of their BN layers",
+    "max": "ranked by the max |gamma| of their BN layers",
+    "fixed": "held at the budget's uniform width",
+}
+
+
+def chex_default_coupled() -> str:
+    """CHEX's default ``coupled`` in this checkout (recorded with the results: it changed once)."""
+    return pk.get_strategy("chex").coupled
 
 
 def resumable_runs(path: Path, data: dict[str, Any], order: dict) -> tuple[list[dict], float, dict | None]:
@@ -546,7 +564,7 @@ def resumable_runs(path: Path, data: dict[str, Any], order: dict) -> tuple[list[
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         sys.exit(f"--resume: {path} is not a result file of this benchmark ({type(e).__name__}: {e})")
     new_settings = data["settings"]
-    differ = [k for k in RESULT_SETTINGS if old_settings.get(k) != new_settings.get(k)]
+    differ = [k for k in RESULT_SETTINGS if old_settings.get(k, LEGACY_SETTINGS.get(k)) != new_settings.get(k)]
     if differ:
         detail = "; ".join(f"{k}: was {old_settings.get(k)!r}, now {new_settings.get(k)!r}" for k in differ)
         sys.exit(f"--resume: {path} was made with other settings ({detail}); pass the same ones, or a new --name")
