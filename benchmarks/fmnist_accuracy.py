@@ -37,6 +37,10 @@ target x strategy summaries and comparisons, machine, versions, command) and ``f
 leaves its partial results; ``--resume`` reads them back and runs only what is missing or failed (the
 settings that decide a run's result must be the same, else it stops and says which differ; without an
 earlier file it starts from scratch, so one command both starts and restarts a long benchmark).
+``--reuse FILE`` takes finished runs from another result file where they are the same run under another
+label (same seed, target and result settings; same strategy with the same effective parameters, CHEX's
+default ``coupled`` included), so an ablation need not retrain the runs a comparison already holds; the
+page says which runs came from where.
 """
 
 from __future__ import annotations
@@ -381,6 +385,19 @@ def write(out: Path, data: dict[str, Any]) -> None:
         "",
         *command_block(data["command"]),
     ]
+    reused: dict[str, set[str]] = {}
+    for r in data["runs"]:
+        if r.get("reused_from"):
+            file, label = r["reused_from"].split(":", 1)
+            reused.setdefault(file, set()).add(f"{label} -> {r['plan_strategy']}")
+    for file, labels in reused.items():
+        n = sum(r.get("reused_from", "").startswith(file + ":") for r in data["runs"])
+        lines += [
+            f"Reused: {n} run(s) taken from `{file}` (`--reuse`): the same runs (seed, target, result settings, "
+            "strategy and its effective parameters) under its labels "
+            + ", ".join(f"`{x}`" for x in sorted(labels)) + "; the time above does not include theirs.",
+            "",
+        ]
     if data.get("resumed_from"):
         r = data["resumed_from"]
         lines += [
@@ -429,6 +446,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--resume", action="store_true",
         help="keep the finished runs of an earlier NAME.json with the same settings and run only the others",
+    )  # fmt: skip
+    ap.add_argument(
+        "--reuse", action="append", metavar="FILE.json", default=[],
+        help="take finished runs from another result file of this benchmark where they are the same run: same "
+        "seed, target and result settings, same strategy with the same effective parameters under any label "
+        "(e.g. chex_fixed there = chex here once fixed is the default); repeatable",
     )  # fmt: skip
     args = ap.parse_args(argv)
     defaults = QUICK if args.quick else {"seeds": 3, "epochs": 10, "train_subset": 10000, "targets": [0.5, 0.7]}
@@ -506,6 +529,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         done = {(r["seed"], r["plan_strategy"], r["target_reduction"]) for r in data["runs"]}
         plan = [p for p in plan if p not in done]
         print(f"--resume: {len(done)} finished run(s) kept, {len(plan)} to run", flush=True)
+    for path in args.reuse:
+        rows = reusable_runs(Path(path), data["settings"], plan)
+        data["runs"] += rows
+        data["runs"].sort(key=lambda r: order[(r["seed"], r["plan_strategy"], r["target_reduction"])])
+        taken = {(r["seed"], r["plan_strategy"], r["target_reduction"]) for r in rows}
+        plan = [p for p in plan if p not in taken]
+        print(f"--reuse: {len(rows)} run(s) taken from {path}, {len(plan)} to run", flush=True)
     t_start = time.perf_counter() - earlier_s
 
     def save() -> None:  # after every run, so an interrupted benchmark leaves its partial results
@@ -576,6 +606,51 @@ def resumable_runs(path: Path, data: dict[str, Any], order: dict) -> tuple[list[
     kept.sort(key=lambda r: order[(r["seed"], r["plan_strategy"], r["target_reduction"])])
     info = {"started": old.get("started"), "command": old.get("command"), "runs_kept": len(kept)}
     return kept, float(old.get("elapsed_s") or 0.0), info
+
+
+def run_identity(settings: dict[str, Any], label: str) -> tuple[str, tuple]:
+    """What a planned run computes, independent of its label: the registered strategy and its effective
+    parameters (the ``--param`` entries of the label, and CHEX's default ``coupled`` where none sets it)."""
+    if label == "dense":
+        return "dense", ()
+    base = (settings.get("variants") or {}).get(label, label)
+    params = {}
+    for item in settings.get("params") or []:
+        name, key, value = parse_param(item)
+        if name == label:
+            params[key] = value
+    if base == "chex":
+        params.setdefault("coupled", settings.get("chex_coupled", LEGACY_SETTINGS["chex_coupled"]))
+    return base, tuple(sorted((k, json.dumps(v)) for k, v in params.items()))
+
+
+# result settings a reused run must share with this benchmark; its label and parameters are matched per run
+REUSE_SETTINGS = tuple(k for k in RESULT_SETTINGS if k not in ("params", "variants", "chex_coupled"))
+
+
+def reusable_runs(path: Path, settings: dict[str, Any], plan: list[tuple]) -> list[dict]:
+    """The finished rows of another result file that are runs of ``plan`` (under any label), relabelled and
+    marked with where they came from."""
+    try:
+        other = json.loads(path.read_text())
+        other_settings = other["settings"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        sys.exit(f"--reuse: {path} is not a readable result file of this benchmark ({type(e).__name__}: {e})")
+    differ = [k for k in REUSE_SETTINGS if other_settings.get(k) != settings.get(k)]
+    if differ:
+        detail = "; ".join(f"{k}: {other_settings.get(k)!r} there, {settings.get(k)!r} here" for k in differ)
+        sys.exit(f"--reuse: {path} was made with other settings ({detail}); its runs are not runs of this plan")
+    wanted: dict[tuple, tuple] = {}
+    for seed, label, target in plan:
+        wanted.setdefault((seed, run_identity(settings, label), target), (seed, label, target))
+    rows = []
+    for r in other.get("runs", []):
+        key = (r["seed"], run_identity(other_settings, r["plan_strategy"]), r["target_reduction"])
+        if r.get("status") == "ok" and key in wanted:
+            seed, label, target = wanted.pop(key)
+            rows.append({**r, "strategy": "dense" if target is None else label, "plan_strategy": label,
+                         "reused_from": f"{path.name}:{r['plan_strategy']}"})  # fmt: skip
+    return rows
 
 
 def _worker_init(threads: int, tp: bool) -> None:

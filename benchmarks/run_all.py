@@ -96,11 +96,13 @@ PAGES = [
     ),
     Page(
         "fmnist_chex_ablation_15ep",
-        f"OMP_NUM_THREADS=1 .venv/bin/python {FMNIST} --epochs 15 {SUBSETS} --targets 0.7 --strategies chex "
-        "--variant chex_once=chex --param chex_once.explore=false "
+        f"OMP_NUM_THREADS=1 .venv/bin/python {FMNIST} --epochs 15 --train-subset 5000 --seeds 5 --threads 1 "
+        "--targets 0.7 --strategies chex --variant chex_mean=chex --param chex_mean.coupled=mean "
+        "--variant chex_max=chex --param chex_max.coupled=max --variant chex_once=chex --param chex_once.explore=false "
         "--variant chex_noregrow=chex --param chex_noregrow.regrow_by=none "
-        "--variant chex_early=chex --param chex_early.t_max_fraction=0.3 --jobs 2 --name fmnist_chex_ablation_15ep",
-        65,
+        "--variant chex_early=chex --param chex_early.t_max_fraction=0.3 "
+        "--reuse docs/results/fmnist_accuracy_5seed.json --jobs 2 --name fmnist_chex_ablation_15ep",
+        80,
     ),
 ]
 NOT_REGENERATED = {

@@ -245,6 +245,11 @@ def add_run_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_run)
 
 
+def _config_options_given(args: argparse.Namespace) -> bool:
+    """Whether any config option (a flag, --config, --set) is on the command line: --resume takes none."""
+    return bool(args.config or args.sets or any(getattr(args, d, None) is not None for d in FLAG_KEYS))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if args.trust_checkpoint and not args.resume:
         raise CLIError("--trust-checkpoint applies to --resume DIR only")
@@ -253,8 +258,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .report import print_table
 
     if args.resume:
-        given = [d for d in FLAG_KEYS if getattr(args, d, None) is not None] + (["config"] if args.config else [])
-        if given or args.sets:
+        if _config_options_given(args):
             raise CLIError("--resume continues a run with its own config.yaml; drop the other config options")
         result = run(
             None, resume=args.resume, trust_checkpoint=args.trust_checkpoint, trusted_factories=_plugin_modules(args)
@@ -270,6 +274,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------- compare
 
 
+COMPARE_STRATEGIES = "chex,magnitude,random"
+
+
 def add_compare_parser(sub: Any) -> None:
     p = sub.add_parser(
         "compare",
@@ -277,8 +284,14 @@ def add_compare_parser(sub: Any) -> None:
         description="Train each strategy on the same loop and budget; prints one table and "
         "writes comparison.md/.csv/.json and PNG plots.",
     )
-    p.add_argument("--strategies", default="chex,magnitude,random", help="comma-separated (default: %(default)s)")
+    p.add_argument("--strategies", default=COMPARE_STRATEGIES, help="comma-separated (default: %(default)s)")
     p.add_argument("--dense", action="store_true", help="also train the dense model (the delta column)")
+    p.add_argument(
+        "--resume", metavar="DIR",
+        help="finish an interrupted comparison from its directory, with its own config and strategies: finished "
+        "runs are kept, unfinished ones continue from their checkpoint, failed and missing ones run again",
+    )  # fmt: skip
+    _add_trust(p)
     p.add_argument(
         "--emit-commands",
         metavar="FILE",
@@ -293,6 +306,10 @@ def add_compare_parser(sub: Any) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    if args.trust_checkpoint and not args.resume:
+        raise CLIError("--trust-checkpoint applies to --resume DIR only")
+    if args.resume:
+        return _resume_compare(args)
     names = [s.strip() for s in args.strategies.split(",") if s.strip()]
     if not names:
         raise CLIError("--strategies is empty; e.g. --strategies chex,magnitude,random")
@@ -307,9 +324,28 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"run them anywhere that sees {root} (any order, in parallel), then: prunekit report {root}")
         return 0
     from .harness import compare
-    from .report import print_table
 
     results, out_dir = compare(cfg, names, dense=args.dense)
+    return _compare_done(results, out_dir)
+
+
+def _resume_compare(args: argparse.Namespace) -> int:
+    if _config_options_given(args) or args.dense or args.emit_commands or args.strategies != COMPARE_STRATEGIES:
+        raise CLIError(
+            "--resume finishes a comparison with its own config and strategies (compare.json); drop the other "
+            "options (--strategies, --dense, config options)"
+        )
+    from .harness import compare
+
+    results, out_dir = compare(
+        None, resume=args.resume, trust_checkpoint=args.trust_checkpoint, trusted_factories=_plugin_modules(args)
+    )
+    return _compare_done(results, out_dir)
+
+
+def _compare_done(results: list[Any], out_dir: str) -> int:
+    from .report import print_table
+
     if _is_main_rank():
         print_table(results, title="prunekit compare", full_in="comparison.csv and .json")
         print(f"comparison written to {out_dir} (comparison.md/.csv/.json, *.png)")
@@ -572,8 +608,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         if args.debug:
             raise
-        run_dir = getattr(e, "run_dir", None)  # set by the harness once a run directory exists
-        where = f"; resume with --resume {run_dir}" if run_dir and _is_main_rank() else ""
+        # compare sets compare_dir (the whole comparison resumes), the harness run_dir once a run directory exists
+        resume_dir = getattr(e, "compare_dir", None) or getattr(e, "run_dir", None)
+        where = f"; resume with --resume {resume_dir}" if resume_dir and _is_main_rank() else ""
         print(f"prunekit: interrupted{where}", file=sys.stderr)
         return 130
     except Exception as e:  # user-facing errors: one line, no traceback unless --debug

@@ -1,22 +1,28 @@
 """Several strategies on one config, side by side: ``prunekit compare``.
 
     results, out_dir = compare(cfg, ["chex", "magnitude", "random"], dense=True)
+    results, out_dir = compare(None, resume=out_dir)     # finish an interrupted comparison
 
 Each strategy runs in a sub-directory of one compare directory (``trainer.run``); a strategy that fails
 is recorded with its error (status "failed", or "diverged" when its loss stopped being finite) and the others
-go on; the tables and plots are written by ``report``.
+go on; the tables and plots are written by ``report``. The compare directory's ``compare.json`` (the config
+and the strategies, written before the first run trains) lets ``resume`` finish what is not done: finished
+and diverged runs are kept, unfinished ones continue from their checkpoint, failed and missing ones run again.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
 import time
 import traceback
+from collections.abc import Iterable
 from typing import Any
 
 from . import checkpoint as ckpt
-from .config import Config, ConfigError
+from .config import Config, ConfigError, from_dict
 from .env import broadcast_object, make_env
 from .results import DENSE_NAMES, RunResult
 from .trainer import TrainingDiverged, check_strategies, resolve_config, run
@@ -67,25 +73,86 @@ def check_data_and_model(cfg: Config) -> None:
     pk.build_graph(model, torch.zeros(1, data.in_channels, data.input_size, data.input_size), leaf_modules=leaf_modules)
 
 
+COMPARE_FILE = "compare.json"
+COMPARE_FORMAT = "prunekit-compare-1"
+
+
+def load_compare(out_dir: str, trusted_factories: Iterable[str] = (), trust: bool = False) -> tuple[Config, list[str]]:
+    """The config and strategies a compare directory was started with (its ``compare.json``), read as data:
+    a model factory it names must be trusted, as for ``prunekit run --resume``."""
+    from .rundir import check_run_model
+
+    path = os.path.join(out_dir, COMPARE_FILE)
+    if not os.path.isdir(out_dir):
+        raise FileNotFoundError(f"--resume {out_dir}: no such directory")
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"--resume {out_dir}: no {COMPARE_FILE} there, so it is not a compare directory or was made by a prunekit "
+            "before compare --resume; continue each run with `prunekit run --resume DIR`, then `prunekit report "
+            f"{out_dir}`"
+        )
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        if data.get("format") != COMPARE_FORMAT:
+            raise ValueError(f"format {data.get('format')!r}, expected {COMPARE_FORMAT!r}")
+        cfg, names = from_dict(data["config"]), [str(s) for s in data["strategies"]]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"--resume {out_dir}: {COMPARE_FILE} is not readable ({e})") from None
+    if not trust:
+        check_run_model({"name": cfg.model.name, **cfg.model.kwargs}, out_dir, trusted_factories)
+    return cfg, names
+
+
+def resume_state(run_dir: str) -> str:
+    """What ``compare --resume`` does with one strategy's run directory: ``keep`` a finished or diverged run,
+    ``continue`` one with a checkpoint, ``rerun`` a failed or missing one (its failed directory removed)."""
+    from .sweep import run_state
+
+    state = run_state(run_dir)
+    if state.status in ("ok", "diverged"):
+        return "keep"
+    if os.path.exists(os.path.join(run_dir, ckpt.CHECKPOINT)):
+        return "continue"
+    return "rerun"
+
+
 def compare(
     config: Config | dict[str, Any] | str | None,
-    strategies: list[str],
+    strategies: list[str] | None = None,
     dense: bool = False,
     out_dir: str | None = None,
+    resume: str | None = None,
+    trust_checkpoint: bool = False,
+    trusted_factories: Iterable[str] = (),
 ) -> tuple[list[RunResult], str]:
     """Run each strategy (and a dense baseline when ``dense``) on the same config, in sub-directories of
     one compare directory; a strategy that fails is recorded with its error and the others go on.
-    Writes comparison tables (Markdown/CSV/JSON) and plots there; returns (results, compare dir)."""
-    cfg = resolve_config(config)
-    check_distinct(strategies)
+    Writes comparison tables (Markdown/CSV/JSON) and plots there; returns (results, compare dir).
+
+    ``resume``: a compare directory; its ``compare.json`` gives the config and strategies (``config``,
+    ``strategies`` and ``dense`` are ignored). Finished and diverged runs are kept, unfinished ones continue
+    from their checkpoint, failed and missing ones run again; then the tables are written again. The directory
+    is read as data as in ``run(resume=...)``; ``trust_checkpoint`` trusts it whole."""
+    if resume is not None:
+        cfg, names = load_compare(resume, trusted_factories, trust_checkpoint)
+        out_dir = resume
+    else:
+        cfg = resolve_config(config)
+        if not strategies:
+            raise ConfigError("strategies to compare (--strategies): none given; e.g. chex,magnitude,random")
+        names = (["none"] if dense and not any(s in DENSE_NAMES for s in strategies) else []) + list(strategies)
+    check_distinct(names)
     env = make_env(cfg)
     if out_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out_dir = os.path.join(cfg.run.out, cfg.run.name or f"compare-{cfg.data.name}-{cfg.model.name}-{stamp}")
     out_dir = os.path.abspath(broadcast_object(out_dir, env))
-    names = (["none"] if dense and not any(s in DENSE_NAMES for s in strategies) else []) + list(strategies)
     check_strategies(cfg, names)  # every name and parameter, before the first run trains
     check_data_and_model(cfg)  # what every strategy's run would fail on alike fails once, before any directory
+    if env.main and resume is None:
+        plan = {"format": COMPARE_FORMAT, "strategies": names, "config": cfg.to_dict()}
+        ckpt.write_json(os.path.join(out_dir, COMPARE_FILE), plan)
     if cfg.prune.params and cfg.prune.strategy not in names and env.main:
         print(
             f"[prunekit] prune.params are {cfg.prune.strategy}'s, which this comparison does not run; they are "
@@ -95,8 +162,23 @@ def compare(
     results: list[RunResult] = []
     for name in names:
         sub = strategy_run_config(cfg, cfg, name, out_dir, run_name(name))
+        sub_dir = os.path.join(out_dir, sub.run.name)
+        state = resume_state(sub_dir) if resume is not None else "rerun"
+        if state == "keep":
+            results.append(RunResult.from_dir(sub_dir))
+            if env.main:
+                print(f"[prunekit] {name}: kept ({results[-1].status}, {sub_dir})", file=sys.stderr)
+            continue
+        if state == "rerun" and resume is not None and env.main and os.path.isdir(sub_dir):
+            shutil.rmtree(sub_dir)  # a failed run's error and record; it runs again in the same place
         try:
-            res = run(sub)
+            if state == "continue":
+                res = run(None, resume=sub_dir, trust_checkpoint=trust_checkpoint, trusted_factories=trusted_factories)
+            else:
+                res = run(sub)
+        except KeyboardInterrupt as e:
+            e.compare_dir = out_dir  # type: ignore[attr-defined]  # the CLI says how to resume the comparison
+            raise
         except Exception as e:  # one failing strategy must not lose the others' results
             diverged = isinstance(e, TrainingDiverged)
             err = str(e) if diverged else f"{type(e).__name__}: {e}"

@@ -272,12 +272,13 @@ def test_compare_marks_a_diverged_strategy_and_finishes_the_others(work):
     assert result["status"] == "diverged" and "training diverged at step 1" in result["error"]
 
 
-def _interrupt(work, extra, epochs):
-    """Start a sleepy run, wait until its strategy sleeps, send SIGINT; returns (result, run dir)."""
+def _interrupt(work, extra, epochs, command=("run", "--strategy", "sleepy")):
+    """Start a sleepy run (or ``command``), wait until its strategy sleeps, send SIGINT; returns (result, the
+    directory it made under runs/)."""
     flag = work / "flag"
     flag.write_text("")
-    args = [sys.executable, "-m", "prunekit", "run", *QUICK[:4], "--epochs", str(epochs), *QUICK[6:]]
-    args += ["--plugins", "sleepy_plugin", "--strategy", "sleepy", *extra]
+    args = [sys.executable, "-m", "prunekit", command[0], *QUICK[:4], "--epochs", str(epochs), *QUICK[6:]]
+    args += ["--plugins", "sleepy_plugin", *command[1:], *extra]
     env = dict(os.environ, PYTHONPATH=ROOT, SLEEPY_FLAG=str(flag))
     proc = subprocess.Popen(args, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -314,6 +315,21 @@ def test_ctrl_c_before_the_first_checkpoint_says_how_to_resume_and_resume_restar
     line = error_line(r, work, existing=[run_dir.name])
     assert f"{run_dir} is finished (1 of 1 epochs); nothing to resume" in line, line
     assert "resumed at epoch" not in r.stderr
+
+
+@pytest.mark.slow  # a comparison interrupted in its second run, then resumed (about 20 s of CPU)
+def test_ctrl_c_in_compare_names_the_compare_directory_and_compare_resume_finishes_it(work):
+    command = ("compare", "--strategies", "magnitude,sleepy", "--name", "cmp")
+    r, cmp_dir = _interrupt(work, ["--set", "prune.strategy_params.sleepy.sleep_at=3"], epochs=2, command=command)
+    assert r.returncode == 130 and r.stderr.strip().endswith(f"resume with --resume {cmp_dir}"), r.stderr
+    assert (cmp_dir / "magnitude" / "result.json").exists() and not (cmp_dir / "sleepy" / "result.json").exists()
+    magnitude = (cmp_dir / "magnitude" / "result.json").read_bytes()
+    r = pk("compare", "--plugins", "sleepy_plugin", "--resume", str(cmp_dir), cwd=work)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "magnitude: kept (ok" in r.stderr and "resumed at epoch 2" in (cmp_dir / "sleepy" / "run.log").read_text()
+    assert (cmp_dir / "magnitude" / "result.json").read_bytes() == magnitude
+    rows = json.loads((cmp_dir / "comparison.json").read_text())
+    assert [(row["strategy"], row["status"]) for row in rows] == [("magnitude", "ok"), ("sleepy", "ok")]
 
 
 @pytest.mark.slow  # two CLI runs, one interrupted mid-run (about 16 s of CPU)

@@ -107,6 +107,19 @@ def test_fmnist_accuracy_quick(tmp_path):
     proc = run_script("fmnist_accuracy.py", tmp_path, *extra, "--resume", "--epochs", "2", rc=1)
     assert "epochs: was 1, now 2" in proc.stderr
     assert json.loads((tmp_path / "fm.json").read_text()) == resumed
+    # --reuse: an ablation under other labels takes the runs fm.json holds and trains only the new one
+    proc = run_script(
+        "fmnist_accuracy.py", tmp_path, "--runs-dir", str(tmp_path / "runs3"), "--name", "abl", "--strategies",
+        "chex", "--variant", "no_explore=chex", "--param", "no_explore.explore=false", "--variant",
+        "few_events=chex", "--param", "few_events.delta_T=4", "--reuse", str(tmp_path / "fm.json"),
+    )  # fmt: skip
+    assert "3 run(s) taken from" in proc.stdout and "1 to run" in proc.stdout
+    assert sorted(p.name for p in (tmp_path / "runs3").iterdir()) == ["few_events-r50-seed0"]
+    abl = json.loads((tmp_path / "abl.json").read_text())
+    assert abl["complete"] is True and [r["strategy"] for r in abl["runs"]] == ["dense", "chex", "no_explore",
+                                                                                 "few_events"]  # fmt: skip
+    assert abl["runs"][2]["top1"] == runs[-1]["top1"] and abl["runs"][2]["reused_from"] == "fm.json:chex_once"
+    assert "Reused: 3 run(s) taken from `fm.json`" in (tmp_path / "abl.md").read_text()
 
 
 @pytest.mark.slow  # slims and times ResNet-scale models: about a minute; make test-all runs it

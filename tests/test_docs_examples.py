@@ -224,6 +224,17 @@ def interrupted_run(tmp_path_factory) -> Path:
     return out / "run"
 
 
+@pytest.fixture(scope="module")
+def interrupted_compare(tmp_path_factory) -> Path:
+    """A comparison whose second strategy never ran (its run directory gone): what ``compare --resume`` finishes."""
+    out = tmp_path_factory.mktemp("compare")
+    argv = ["prunekit", "compare", "--strategies", "magnitude,random", *CHEAP, "--progress", "off", "--out",
+            str(out), "--name", "cmp"]  # fmt: skip
+    run_cli(argv, out, env_for(None), "the interrupted comparison runs/<compare> stands for")
+    shutil.rmtree(out / "cmp" / "random")
+    return out / "cmp"
+
+
 # ---------------------------------------------------------------------------------------------- page setup
 
 
@@ -276,7 +287,11 @@ def fill(argv: list[str], work: Path, fixture: Callable[[str], Path]) -> list[st
     for i, w in enumerate(argv):
         prev = argv[i - 1] if i else ""
         run_like = w in ("RUN_DIR", "RUN_OR_COMPARE_DIR") or re.fullmatch(r"runs/(<\w+>|[\w.-]+-\d{8}-\d{6})", w)
-        if prev == "--resume" and run_like:
+        if prev == "--resume" and w == "runs/<compare>":
+            dst = work / "runs" / f"compare-{i}"
+            shutil.copytree(fixture("interrupted_compare"), dst)
+            w = str(dst)
+        elif prev == "--resume" and run_like:
             dst = work / "runs" / f"interrupted-{i}"
             shutil.copytree(fixture("interrupted_run"), dst)
             w = str(dst)
