@@ -392,10 +392,14 @@ def write(out: Path, data: dict[str, Any]) -> None:
             reused.setdefault(file, set()).add(f"{label} -> {r['plan_strategy']}")
     for file, labels in reused.items():
         n = sum(r.get("reused_from", "").startswith(file + ":") for r in data["runs"])
+        src = (data.get("reused_files") or {}).get(file) or {}
+        where = (src.get("machine") or {}).get("cpu")
         lines += [
             f"Reused: {n} run(s) taken from `{file}` (`--reuse`): the same runs (seed, target, result settings, "
             "strategy and its effective parameters) under its labels "
-            + ", ".join(f"`{x}`" for x in sorted(labels)) + "; the time above does not include theirs.",
+            + ", ".join(f"`{x}`" for x in sorted(labels))
+            + (f", made there on {where} (started {src.get('started')})" if where else "")
+            + "; the time above does not include theirs, and wall times compare only within one machine.",
             "",
         ]
     if data.get("resumed_from"):
@@ -529,8 +533,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         done = {(r["seed"], r["plan_strategy"], r["target_reduction"]) for r in data["runs"]}
         plan = [p for p in plan if p not in done]
         print(f"--resume: {len(done)} finished run(s) kept, {len(plan)} to run", flush=True)
+    data["reused_files"] = {}
     for path in args.reuse:
         rows = reusable_runs(Path(path), data["settings"], plan)
+        other = json.loads(Path(path).read_text())
+        data["reused_files"][Path(path).name] = {"machine": other.get("machine"), "started": other.get("started")}
         data["runs"] += rows
         data["runs"].sort(key=lambda r: order[(r["seed"], r["plan_strategy"], r["target_reduction"])])
         taken = {(r["seed"], r["plan_strategy"], r["target_reduction"]) for r in rows}
