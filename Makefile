@@ -37,9 +37,9 @@ test: setup data
 test-all: setup data
 	$(BIN)/python -m pytest -q -m "slow or not slow" -n $(WORKERS) --dist loadfile --timeout=3600
 
-# every published page of docs/results/, with the commands printed in them (about 12 hours on 2 CPU cores,
-# 9.5 of them Fashion-MNIST training; `benchmarks/run_all.py --list` shows them, `--skip-long` leaves out the
-# pages over 30 minutes: about 2 hours)
+# every published page of docs/results/, with the commands printed in them (about 11.5 hours on 2 CPU cores,
+# 9.2 of them Fashion-MNIST training; `benchmarks/run_all.py --list` shows them, `--skip-long` leaves out the
+# pages over 30 minutes: about 1.5 hours)
 bench: setup data
 	$(BIN)/python benchmarks/run_all.py
 

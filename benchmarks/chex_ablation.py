@@ -5,16 +5,18 @@
     .venv/bin/python benchmarks/chex_ablation.py --quick         # 1 seed, 2 epochs (smoke test)
     # how coupled groups (residual streams) take part in the allocation, at 70% MACs reduction, 5 seeds:
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/chex_ablation.py --macs 0.3 --seeds 5 --name chex_coupled \
-        --variants "chex coupled=fixed" "chex coupled=max" --resume
+        --variants "chex coupled=mean" "chex coupled=max" --resume
 
 Every variant trains the same model from the same initial weights and data order per seed, at the same MACs
 budget (kept within 1%), on the embedded digits data, so the whole table runs in minutes on 2 CPU cores.
 Variants switch off one part of CHEX at a time (docs/strategies.md has the parameters):
 ``explore=false`` (prune once to S before training: no exploration), ``regrow_by=none`` / ``random``,
 ``allocation=uniform`` (no BN-scale re-allocation), ``delta_T`` smaller/larger, ``regrow_init=zero``,
-``pruned_gamma=mru`` (pruned channels ranked by their last |gamma| instead of 0), ``coupled=fixed`` /
-``coupled=max`` (residual streams at the budget's uniform width, or ranked by the max |gamma| of their BN
-layers instead of the mean). Each variant is compared with the defaults by the paired (same-seed)
+``pruned_gamma=mru`` (pruned channels ranked by their last |gamma| instead of 0), ``coupled=mean`` /
+``coupled=max`` (residual streams ranked by the mean or the max |gamma| of their BN layers instead of held at
+the budget's uniform width, the default). CHEX's default
+``coupled`` is recorded with the results (it changed once: files without it ran with ``mean``) and
+``--resume`` refuses a file made under another one. Each variant is compared with the defaults by the paired (same-seed)
 difference and its 95% t-interval (the rule of benchmarks/stats.py). Writes ``NAME.md`` and ``NAME.json``
 (default chex_ablation) to ``--out`` (default docs/results/) after every run; ``--resume`` keeps the
 finished runs of an earlier NAME.json made with the same epochs and MACs and runs only the others.
@@ -50,7 +52,7 @@ VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("chex allocation=uniform", "chex", {"allocation": "uniform"}),
     ("chex regrow_init=zero", "chex", {"regrow_init": "zero"}),
     ("chex pruned_gamma=mru", "chex", {"pruned_gamma": "mru"}),
-    ("chex coupled=fixed", "chex", {"coupled": "fixed"}),
+    ("chex coupled=mean", "chex", {"coupled": "mean"}),
     ("chex coupled=max", "chex", {"coupled": "max"}),
     ("magnitude", "magnitude", {}),
     ("random", "random", {}),
@@ -105,7 +107,8 @@ def write(out: Path, data: dict) -> None:
         f"ResNet-20 on the embedded digits data, {s['epochs']} epochs, {s['macs']:.0%} of the dense MACs kept "
         f"(every variant within 1%), seeds {s['seeds']}; top-1 of the final epoch, mean ± std over seeds. "
         "Each variant changes one CHEX parameter (docs/strategies.md). *vs defaults*: the paired (same-seed) "
-        "difference to `chex (defaults)` with its 95% t-interval and verdict.",
+        "difference to `chex (defaults)` with its 95% t-interval and verdict. CHEX's defaults here rank pruned "
+        "channels at gamma = 0 and " + COUPLED_TEXT[s.get("chex_coupled", "mean")] + ".",
         "",
         "| variant | top-1 % | std | MACs reduction | events | vs defaults (points) | verdict |",
         "|---|---:|---:|---:|---:|---|---|",
@@ -125,6 +128,11 @@ def write(out: Path, data: dict) -> None:
 
 
 BASE = "chex (defaults)"
+COUPLED_TEXT = {
+    "mean": "rank residual streams by the mean |gamma| of their BN layers (`coupled: mean`)",
+    "max": "rank residual streams by the max |gamma| of their BN layers (`coupled: max`)",
+    "fixed": "hold residual streams at the budget's uniform width (`coupled: fixed`)",
+}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -154,14 +162,16 @@ def main(argv: list[str] | None = None) -> dict:
     data: dict[str, Any] = {
         "command": command_line("chex_ablation.py", argv), "machine": machine_info(args.threads),
         "settings": {"epochs": args.epochs, "seeds": seeds, "macs": args.macs, "dataset": "digits",
-                     "model": "resnet20", "quick": args.quick, "variants": chosen, "name": args.name},
+                     "model": "resnet20", "quick": args.quick, "variants": chosen, "name": args.name,
+                     "chex_coupled": pk.get_strategy("chex").coupled},
         "runs": [], "runs_planned": len(seeds) * len(variants),
     }  # fmt: skip
     earlier = 0.0
     if args.resume and (out / f"{args.name}.json").exists():
         old = json.loads((out / f"{args.name}.json").read_text())
-        same = ("epochs", "macs", "dataset", "model", "quick")
-        differ = [k for k in same if old["settings"].get(k) != data["settings"][k]]
+        same = ("epochs", "macs", "dataset", "model", "quick", "chex_coupled")
+        legacy = {"chex_coupled": "mean"}  # files from before the setting was recorded
+        differ = [k for k in same if old["settings"].get(k, legacy.get(k)) != data["settings"][k]]
         if differ:
             sys.exit(f"--resume: {args.name}.json was made with other settings ({', '.join(differ)}); use a new --name")
         data["runs"] = [r for r in old["runs"] if r["status"] == "ok" and r["variant"] in chosen and r["seed"] in seeds]

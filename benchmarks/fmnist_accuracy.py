@@ -398,7 +398,8 @@ def write(out: Path, data: dict[str, Any]) -> None:
             f"Reused: {n} run(s) taken from `{file}` (`--reuse`): the same runs (seed, target, result settings, "
             "strategy and its effective parameters) under its labels "
             + ", ".join(f"`{x}`" for x in sorted(labels))
-            + (f", made there on {where} (started {src.get('started')})" if where else "")
+            + (f" (its machine record, of the session that last wrote it: {where}, started {src.get('started')})"
+               if where else "")
             + "; the time above does not include theirs, and wall times compare only within one machine.",
             "",
         ]

@@ -1,7 +1,7 @@
 """Regenerate every published result page (`make bench`): the commands in the "Command" blocks of
 docs/results/*.md, one after the other, each writing its Markdown and JSON to docs/results/.
 
-    .venv/bin/python benchmarks/run_all.py                  # every page: about 12 hours on 2 CPU cores
+    .venv/bin/python benchmarks/run_all.py                  # every page: about 11.5 hours on 2 CPU cores
     .venv/bin/python benchmarks/run_all.py --list           # the commands, without running them
     .venv/bin/python benchmarks/run_all.py --only graph_build overhead
     .venv/bin/python benchmarks/run_all.py --skip-long      # all but the Fashion-MNIST training and train_throughput
@@ -65,12 +65,12 @@ PAGES = [
     Page("latency_budget", ".venv/bin/python benchmarks/latency_budget.py", 10),
     Page("train_throughput", ".venv/bin/python benchmarks/train_throughput.py --threads 1", 33),
     Page("chex_event_cost", "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/chex_event_cost.py", 6),
-    Page("chex_ablation", "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/chex_ablation.py", 18),
+    Page("chex_ablation", "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/chex_ablation.py", 8),
     Page(
         "chex_coupled",
         "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/chex_ablation.py --macs 0.3 --seeds 5 --name chex_coupled "
-        "--variants 'chex coupled=fixed' 'chex coupled=max'",
-        12,
+        "--variants 'chex coupled=mean' 'chex coupled=max'",
+        3,
     ),
     Page("zoo_coverage", ".venv/bin/python benchmarks/zoo_coverage.py", 26),
     Page("zoo_coverage_timm", "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/zoo_coverage.py --suite timm", 20),
@@ -102,7 +102,7 @@ PAGES = [
         "--variant chex_noregrow=chex --param chex_noregrow.regrow_by=none "
         "--variant chex_early=chex --param chex_early.t_max_fraction=0.3 "
         "--reuse docs/results/fmnist_accuracy_5seed.json --jobs 2 --name fmnist_chex_ablation_15ep",
-        80,
+        59,
     ),
 ]
 NOT_REGENERATED = {
