@@ -536,9 +536,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"--resume: {len(done)} finished run(s) kept, {len(plan)} to run", flush=True)
     data["reused_files"] = {}
     for path in args.reuse:
-        rows = reusable_runs(Path(path), data["settings"], plan)
-        other = json.loads(Path(path).read_text())
-        data["reused_files"][Path(path).name] = {"machine": other.get("machine"), "started": other.get("started")}
+        rows, data["reused_files"][Path(path).name] = reusable_runs(Path(path), data["settings"], plan)
         data["runs"] += rows
         data["runs"].sort(key=lambda r: order[(r["seed"], r["plan_strategy"], r["target_reduction"])])
         taken = {(r["seed"], r["plan_strategy"], r["target_reduction"]) for r in rows}
@@ -636,9 +634,9 @@ def run_identity(settings: dict[str, Any], label: str) -> tuple[str, tuple]:
 REUSE_SETTINGS = tuple(k for k in RESULT_SETTINGS if k not in ("params", "variants", "chex_coupled"))
 
 
-def reusable_runs(path: Path, settings: dict[str, Any], plan: list[tuple]) -> list[dict]:
+def reusable_runs(path: Path, settings: dict[str, Any], plan: list[tuple]) -> tuple[list[dict], dict]:
     """The finished rows of another result file that are runs of ``plan`` (under any label), relabelled and
-    marked with where they came from."""
+    marked with where they came from, and that file's machine record and start."""
     try:
         other = json.loads(path.read_text())
         other_settings = other["settings"]
@@ -658,7 +656,7 @@ def reusable_runs(path: Path, settings: dict[str, Any], plan: list[tuple]) -> li
             seed, label, target = wanted.pop(key)
             rows.append({**r, "strategy": "dense" if target is None else label, "plan_strategy": label,
                          "reused_from": f"{path.name}:{r['plan_strategy']}"})  # fmt: skip
-    return rows
+    return rows, {"machine": other.get("machine"), "started": other.get("started")}
 
 
 def _worker_init(threads: int, tp: bool) -> None:

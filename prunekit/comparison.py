@@ -106,7 +106,8 @@ def load_compare(out_dir: str, trusted_factories: Iterable[str] = (), trust: boo
 
 def resume_state(run_dir: str) -> str:
     """What ``compare --resume`` does with one strategy's run directory: ``keep`` a finished or diverged run,
-    ``continue`` one with a checkpoint, ``rerun`` a failed or missing one (its failed directory removed)."""
+    ``continue`` one with a checkpoint (unfinished, or failed after it), ``rerun`` one without (failed before
+    its first checkpoint, or missing; what a failure left there is removed)."""
     from .sweep import run_state
 
     state = run_state(run_dir)

@@ -45,7 +45,9 @@ def test_reuse_relabels_the_same_runs_and_leaves_the_others_to_run(tmp_path):
     path.write_text(json.dumps({"settings": OLD, "runs": runs}))
     plan = [(s, label, None if label == "dense" else 0.7) for s in (0, 1)
             for label in ("dense", "chex", "chex_mean", "chex_max", "chex_once")]  # fmt: skip
-    got = {(r["seed"], r["plan_strategy"]): r for r in fa.reusable_runs(path, NEW, plan)}
+    rows, source = fa.reusable_runs(path, NEW, plan)
+    assert source == {"machine": None, "started": None}  # what the file records (nothing here)
+    got = {(r["seed"], r["plan_strategy"]): r for r in rows}
     assert sorted(got) == [(0, "chex"), (0, "chex_mean"), (0, "dense"), (1, "chex")]  # seed 1's chex failed there
     assert got[(0, "chex")]["top1"] == 83.0 and got[(0, "chex")]["strategy"] == "chex"
     assert got[(0, "chex")]["reused_from"] == "five.json:chex_fixed"
