@@ -78,4 +78,7 @@ def describe(c: dict[str, Any], unit: str = "pp") -> str:
     text = f"{c['diff_mean']:+.2f} {unit}"
     if c["ci95"] is not None:
         text += f" [95% CI {c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]"
-    return text + f", ahead in {c['wins']}/{c['n']} seeds"
+    text += f", ahead in {c['wins']}/{c['n']} seeds"
+    if c["diff_std"] is not None and c["diff_std"] < 1e-9:  # the t-interval collapses to a point: say why
+        text += " (the same difference in every seed: a zero-width interval; on a small test set, maybe one image)"
+    return text
