@@ -168,10 +168,18 @@ def compare(
         if state == "keep":
             results.append(RunResult.from_dir(sub_dir))
             if env.main:
-                print(f"[prunekit] {name}: kept ({results[-1].status}, {sub_dir})", file=sys.stderr)
+                print(f"[prunekit] {sub.run.name}: kept ({results[-1].status}, {sub_dir})", file=sys.stderr)
             continue
-        if state == "rerun" and resume is not None and env.main and os.path.isdir(sub_dir):
-            shutil.rmtree(sub_dir)  # a failed run's error and record; it runs again in the same place
+        if state == "rerun" and resume is not None and env.main:
+            if os.path.isdir(sub_dir):  # a failure before the first checkpoint: it runs again in the same place
+                from .sweep import run_state
+
+                print(f"[prunekit] {sub.run.name}: running again ({run_state(sub_dir).error})", file=sys.stderr)
+                shutil.rmtree(sub_dir)
+            else:
+                print(f"[prunekit] {sub.run.name}: not run yet, running it", file=sys.stderr)
+        elif state == "continue" and env.main:
+            print(f"[prunekit] {sub.run.name}: continuing from its checkpoint ({sub_dir})", file=sys.stderr)
         try:
             if state == "continue":
                 res = run(None, resume=sub_dir, trust_checkpoint=trust_checkpoint, trusted_factories=trusted_factories)

@@ -30,7 +30,7 @@ def finished(tmp_path_factory):
     return {r.name: r for r in results}, cmp_dir
 
 
-def test_resume_keeps_finished_continues_unfinished_and_reruns_failed(finished, tmp_path):
+def test_resume_keeps_finished_continues_unfinished_and_reruns_failed(finished, tmp_path, capfd):
     first, src = finished
     cmp_dir = str(tmp_path / "cmp")
     shutil.copytree(src, cmp_dir)
@@ -46,6 +46,9 @@ def test_resume_keeps_finished_continues_unfinished_and_reruns_failed(finished, 
     os.remove(os.path.join(cmp_dir, "comparison.json"))
 
     results, out_dir = compare(None, resume=cmp_dir)
+    err = capfd.readouterr().err
+    assert "magnitude: running again (RuntimeError: out of memory)" in err  # the failure it replaces is said
+    assert "random: continuing from its checkpoint" in err and "dense: kept (ok" in err
     assert out_dir == cmp_dir
     got = {r.name: r for r in results}
     assert list(got) == ["dense", "magnitude", "random"] and all(r.status == "ok" for r in results)
