@@ -40,7 +40,7 @@ def build_graph(model: nn.Module, example_inputs: Any, leaf_modules: Iterable[ty
     """
     model = unwrap(model)
     inputs = as_inputs(example_inputs)
-    traced = trace(model, tuple(leaf_modules))
+    traced = trace(model, tuple(leaf_modules), inputs)
     values = record(traced, inputs)
     atoms = Atoms()
     prop = Propagator(traced, values, atoms)
@@ -73,6 +73,7 @@ def build_graph(model: nn.Module, example_inputs: Any, leaf_modules: Iterable[ty
         traced.opaque,
         size_attrs,
         param_shapes=shapes,
+        shape_branches=sorted(traced.guarded),
     )
 
 

@@ -155,8 +155,11 @@ class ChannelGraph:
         opaque: dict[str, str] | None = None,
         size_attrs: list[tuple[str, str, int, str]] | None = None,
         param_shapes: dict[str, tuple[int, ...]] | None = None,
+        shape_branches: list[str] | None = None,
     ):
         self.groups = groups
+        # submodules whose forward branches on shapes, traced along the branch the example inputs take
+        self.shape_branches = list(shape_branches or [])
         # {qualified parameter name: shape} of the model the graph was built from (None: not recorded, e.g. a
         # plan written by an older prunekit); see check_model
         self.param_shapes = None if param_shapes is None else {k: tuple(v) for k, v in param_shapes.items()}
@@ -226,6 +229,9 @@ class ChannelGraph:
         if self.opaque:
             lines.append("opaque (fx could not trace them: kept whole, their boundary channels frozen unless noted):")
             lines += [f"  {name}: {why}" for name, why in self.opaque.items()]
+        if self.shape_branches:
+            lines.append("traced along the example's branch (a condition on shapes; channel counts it reads frozen):")
+            lines += [f"  {name}" for name in self.shape_branches]
         return "\n".join(lines)
 
     def kept_count(self, module: str, key: str, size: int, keep: dict[str, torch.Tensor]) -> int:
@@ -336,6 +342,7 @@ class ChannelGraph:
                 for gid, m in lst
             ],
             "opaque": self.opaque,
+            "shape_branches": self.shape_branches,
             "size_attrs": [list(a) for a in self.size_attrs],
             "param_shapes": None if self.param_shapes is None else {k: list(v) for k, v in self.param_shapes.items()},
         }
@@ -378,6 +385,7 @@ class ChannelGraph:
             data.get("opaque", {}),
             data.get("size_attrs", []),
             data.get("param_shapes"),
+            data.get("shape_branches", []),
         )
 
     def to_dot(self, path: str | None = None) -> str:

@@ -20,7 +20,7 @@ from . import shapes
 from .atoms import Ann, Atoms, ParamRef
 from .graph import StatSite
 from .layers import WINDOW_ATTENTION, PrunedMultiheadAttention, swin
-from .trace import AS_PARENT, Traced
+from .trace import AS_PARENT, Traced, shape_condition, shape_guard
 
 # -- op tables -------------------------------------------------------------------------------------------
 
@@ -138,6 +138,7 @@ class Propagator:
         self.sizes_seen = False  # whether any x.size()/x.shape of a tensor with channels was read
         self.size_checks: list[tuple[str, torch.Tensor, torch.Tensor]] = []  # decided once couplings are known
         self.opaque = traced.opaque
+        self.guarded = traced.guarded
 
     # -- helpers ---------------------------------------------------------------------------------------
     def ann(self, a: Any) -> Any:
@@ -451,6 +452,10 @@ class Propagator:
         """Record a statistic over the channel dim of ``x``: the masked model computes it over the kept
         channels only (graphs/masked.py), which is what the slimmed model computes."""
         owner, key, ordinal = where
+        if owner in self.guarded:  # the masked model re-traces its forward, which branches on shapes
+            self.atoms.freeze(x.atoms, f"{node.name}: statistics over channels in {owner!r}, whose forward "
+                              "branches on a shape (traced for the example's shapes only)")  # fmt: skip
+            return
         site = StatSite(owner, key, ordinal, kind, x.dim, x.size, dict(extra))
         self.stat_sites.append(site)
         self.atoms.union(self.atoms.param(owner, site.buffer, 0, x.size, "stat"), x.atoms)
@@ -606,6 +611,9 @@ class Propagator:
     def call_function(self, node: fx.Node) -> Any:
         t = node.target
         method = node.op == "call_method"
+        if not method and t is shape_guard:  # a branch taken on shapes: exact only while they stay
+            self.shape_guard(node)
+            return None
         if method and t in SHAPE_METHODS or (not method and t is getattr):
             size = self.size_of(node)
             self.sizes_seen = self.sizes_seen or size is not None
@@ -790,6 +798,29 @@ class Propagator:
         if not all(isinstance(o, torch.Tensor) and o.dim() > nd and o.shape[nd] == x.size for o in outs):
             return self.unknown(node)
         return tuple(Ann(nd, x.atoms) for _ in outs) if isinstance(out, tuple) else Ann(nd, x.atoms)
+
+    def shape_guard(self, node: fx.Node) -> None:
+        """A branch the trace resolved on the example's shapes (``trace.shape_guard``): every channel count it
+        reads is frozen, since slimming would change it; a read of another dim (``x.shape[-1]``) or of the
+        rank leaves the channels prunable."""
+        cond = node.args[0]
+        for r in shape_condition(cond) or []:
+            x = self.ann(r.args[0])
+            if not isinstance(x, Ann):
+                continue
+            v = self.values.get(r.args[0])
+            nd = v.dim() if isinstance(v, torch.Tensor) else None
+            rank = r.target in ("dim", "ndimension") if r.op == "call_method" else r.args[1] == "ndim"
+            if rank:  # pruning never changes a rank
+                continue
+            if r.op == "call_method" and (len(r.args) > 1 or "dim" in r.kwargs):
+                d = r.kwargs.get("dim", r.args[1] if len(r.args) > 1 else None)
+                safe = [d]
+            else:  # x.shape / x.size(): safe only where each use indexes one dim
+                safe = [u.args[1] if u.target is operator.getitem else None for u in r.users]
+            if x.spread is None and nd and all(isinstance(d, int) and d % nd != x.dim for d in safe):
+                continue
+            self.atoms.freeze(x.atoms, f"{node.name}: a branch in {node.meta.get('pk_scope')!r} on this channel count")
 
     def size_of(self, node: fx.Node) -> Any:
         """``x.size()``, ``x.shape``, ``x.size(d)``: sizes whose channel entry is the channel count of ``x``

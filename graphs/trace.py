@@ -168,6 +168,135 @@ class _Tracer(fx.Tracer):
 _PLAIN = {int, float, bool, str, type(None)}
 
 
+def shape_guard(condition: Any, taken: bool) -> None:
+    """A branch that tracing resolved on the example's shapes (``_ShapeGuardTracer``): the graph records the
+    condition, so the channel graph can freeze the channels a branch on a channel count depends on."""
+    if bool(condition) != taken:
+        raise GraphBuildError(f"a branch traced as {taken} on the example's shapes goes the other way here")
+
+
+# what a condition may be computed from to be resolved on shapes: shape reads of activations and arithmetic
+# on their values (``numel`` is left out: it counts channels without saying which dim)
+_SHAPE_READS = {"size", "dim", "ndimension"}
+_SHAPE_ARITH = {
+    operator.lt, operator.le, operator.gt, operator.ge, operator.eq, operator.ne, operator.add, operator.sub,
+    operator.mul, operator.floordiv, operator.truediv, operator.mod, operator.getitem, operator.neg,
+    operator.not_, operator.and_, operator.or_, min, max,
+}  # fmt: skip
+
+
+def is_shape_read(n: fx.Node) -> bool:
+    """``x.shape``, ``x.ndim``, ``x.size(...)``, ``x.dim()``: a node that reads its tensor's shape only."""
+    if n.op == "call_method":
+        return n.target in _SHAPE_READS
+    return n.op == "call_function" and n.target is getattr and n.args[1] in ("shape", "ndim")
+
+
+def shape_condition(node: fx.Node) -> list[fx.Node] | None:
+    """The shape reads ``node``'s value is computed from, when it is computed from shapes of activations and
+    constants alone; None when it reads tensor values, a parameter's shape, or calls anything else."""
+    reads, todo, seen = [], [node], set()
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if is_shape_read(n):
+            if not _reads_an_input(n.args[0]):  # a parameter's shape changes with slimming: not followed
+                return None
+            reads.append(n)
+        elif n.op == "call_function" and n.target in _SHAPE_ARITH:
+            todo += _node_args(n)
+        else:
+            return None
+    return reads
+
+
+def _reads_an_input(n: fx.Node) -> bool:
+    todo, seen = [n], set()
+    while todo:
+        m = todo.pop()
+        if m.op == "placeholder":
+            return True
+        if m not in seen:
+            seen.add(m)
+            todo += _node_args(m)
+    return False
+
+
+def _node_args(n: fx.Node) -> list[fx.Node]:
+    found: list[fx.Node] = []
+    fx.node.map_arg((n.args, n.kwargs), found.append)
+    return found
+
+
+class _ShapeGuardTracer(_Tracer):
+    """A tracer that runs every node on the example inputs as it records it, so that a branch on a shape
+    (``if x.shape[-2] < self.kernel_size``, ``max(7, x.shape[-1])``) is resolved to the side those inputs
+    take and traced through; the condition stays in the graph, consumed by a ``shape_guard`` node. A branch
+    on tensor values is still an error (fx's), which keeps its module whole as before."""
+
+    def __init__(self, leaf_types: tuple[type, ...], leaf_names: set[str], example_inputs: tuple[Any, ...]):
+        super().__init__(leaf_types, leaf_names)
+        self.example = list(example_inputs)
+        self.concrete: dict[fx.Node, Any] = {}
+        self.guarded: set[str] = set()
+        self.executing = False  # running a node for real: module calls and attribute reads are not traced
+
+    def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        if self.executing:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        if self.executing:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):  # type: ignore[override]
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        node = proxy.node
+        try:
+            self.concrete[node] = self._run(node)
+        except Exception:  # a value it cannot compute: a branch on it is fx's error, as without this tracer
+            pass
+        return proxy
+
+    def _run(self, node: fx.Node) -> Any:
+        if node.op == "placeholder":
+            i = sum(1 for n in self.concrete if n.op == "placeholder")
+            return self.example[i]
+        args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: self.concrete[n])
+        self.executing = True  # module attribute reads and calls below return plain values, not proxies
+        try:
+            with torch.no_grad():
+                if node.op == "get_attr":
+                    v: Any = self.root
+                    for part in node.target.split("."):
+                        v = getattr(v, part)
+                    return v
+                if node.op == "call_function":
+                    return node.target(*args, **kwargs)
+                if node.op == "call_method":
+                    return getattr(args[0], node.target)(*args[1:], **kwargs)
+                if node.op == "call_module":
+                    return self.root.get_submodule(node.target)(*args, **kwargs)
+        finally:
+            self.executing = False
+        raise ValueError(node.op)
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        node = obj.node
+        if node not in self.concrete or shape_condition(node) is None:
+            return super().to_bool(obj)
+        taken = bool(self.concrete[node])
+        guard = self.create_node("call_function", shape_guard, (node, taken), {})
+        guard.meta["pk_scope"] = self.pk_stack[-1][0] if self.pk_stack else ""
+        if self.pk_stack:  # the module whose forward branches (its parents trace it as a leaf in masked.py)
+            self.guarded.add(self.pk_stack[-1][0])
+        return taken
+
+
 def unwrap(model: Any) -> nn.Module:
     """The bare module of ``model`` (DDP / DataParallel wrappers removed); a clear error for a non-module."""
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
@@ -189,10 +318,16 @@ class Traced:
     graph: fx.Graph
     modules: dict[str, nn.Module]  # qualified name -> submodule, as root.named_modules() gives them
     opaque: dict[str, str] = field(default_factory=dict)  # submodules kept whole because fx failed in them: why
+    # submodules whose forward branched on a shape (``shape_guard``): traced for the example's shapes only
+    guarded: frozenset[str] = frozenset()
 
 
-def trace(model: nn.Module, leaf_modules: Iterable[type | str] = ()) -> Traced:
-    """Trace ``model`` symbolically. ``leaf_modules``: module classes or qualified names kept opaque."""
+def trace(
+    model: nn.Module, leaf_modules: Iterable[type | str] = (), example_inputs: tuple[Any, ...] | None = None
+) -> Traced:
+    """Trace ``model`` symbolically. ``leaf_modules``: module classes or qualified names kept opaque. With
+    ``example_inputs``, a submodule whose forward branches on a tensor's shape (``if x.shape[-1] < 7``) is
+    traced along the branch those inputs take (``_ShapeGuardTracer``) instead of being kept whole."""
     leaf_types = tuple(x for x in leaf_modules if isinstance(x, type))
     leaf_names = {x for x in leaf_modules if isinstance(x, str)}
     bad = [x for x in leaf_modules if not isinstance(x, (type, str))]
@@ -209,7 +344,7 @@ def trace(model: nn.Module, leaf_modules: Iterable[type | str] = ()) -> Traced:
     for m in training:
         m.training = False
     try:
-        return _trace_keeping_opaque(model, modules, leaf_types, leaf_names, opaque)
+        return _trace_keeping_opaque(model, modules, leaf_types, leaf_names, opaque, example_inputs)
     finally:
         for m in training:
             m.training = True
@@ -221,15 +356,24 @@ def _trace_keeping_opaque(
     leaf_types: tuple[type, ...],
     leaf_names: set[str],
     opaque: dict[str, str],
+    example_inputs: tuple[Any, ...] | None = None,
 ) -> Traced:
+    guard_shapes = False  # the plain tracer first: it is faster, and most models never need more
     while True:
-        tracer = _Tracer(leaf_types, leaf_names | set(opaque))
+        if guard_shapes:
+            tracer: _Tracer = _ShapeGuardTracer(leaf_types, leaf_names | set(opaque), example_inputs or ())
+        else:
+            tracer = _Tracer(leaf_types, leaf_names | set(opaque))
         try:
             graph = tracer.trace(model)
-            return Traced(tracer.root, graph, modules, opaque)
+            guarded = frozenset(getattr(tracer, "guarded", ()))
+            return Traced(tracer.root, graph, modules, opaque, guarded)
         except Exception as e:  # fx raises many types
             where = tracer.failed_in
             why = f"{type(e).__name__}: {_first_line(e)}{_user_frame(e)}"
+            if example_inputs is not None and not guard_shapes and isinstance(e, fx.proxy.TraceError):
+                guard_shapes = True  # control flow on a proxy: try again, resolving branches on shapes
+                continue
             if where is None or not where[0] or where[0] in opaque or len(opaque) >= MAX_OPAQUE:
                 raise _trace_error(model, where, why) from e
             # a submodule fx cannot follow is kept whole (its boundary channels frozen); the rest is traced
