@@ -20,7 +20,7 @@ from . import shapes
 from .atoms import Ann, Atoms, ParamRef
 from .graph import StatSite
 from .layers import WINDOW_ATTENTION, PrunedMultiheadAttention, swin
-from .trace import AS_PARENT, Traced, shape_condition, shape_guard
+from .trace import AS_PARENT, Traced, node_args, shape_condition, shape_guard
 
 # -- op tables -------------------------------------------------------------------------------------------
 
@@ -619,7 +619,7 @@ class Propagator:
             self.sizes_seen = self.sizes_seen or size is not None
             return size
         if self.sizes_seen:  # only models that read a channel count pay for looking
-            counts = [a for a in _node_args(node) if isinstance(self.env.get(a), (ChanCount, SizeOf))]
+            counts = [a for a in node_args(node) if isinstance(self.env.get(a), (ChanCount, SizeOf))]
             if counts and not isinstance(self.values.get(node), torch.Tensor):
                 return self.size_arith(node, counts)
             moves = (not method and t in MOVE_FUNCTIONS) or (method and t in MOVE_METHODS)
@@ -857,7 +857,7 @@ class Propagator:
         ``x``'s channels are another set of the same size, the check waits for every coupling
         (``finish_size_checks``); a new tensor sized with a channel count freezes those channels now."""
         foreign = []
-        for a in _node_args(node):
+        for a in node_args(node):
             cc = self.env.get(a)
             if isinstance(cc, ChanCount) and not (
                 x is not None
@@ -1255,12 +1255,6 @@ def _reduce_args(node: fx.Node) -> tuple[Any, bool]:
     dim = node.kwargs.get("dim", a[0] if a else None)
     keep = node.kwargs.get("keepdim", a[1] if len(a) > 1 else False)
     return dim, bool(keep)
-
-
-def _node_args(node: fx.Node) -> list[fx.Node]:
-    found: list[fx.Node] = []
-    fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)
-    return found
 
 
 @functools.cache

@@ -206,7 +206,7 @@ def shape_condition(node: fx.Node) -> list[fx.Node] | None:
                 return None
             reads.append(n)
         elif n.op == "call_function" and n.target in _SHAPE_ARITH:
-            todo += _node_args(n)
+            todo += node_args(n)
         else:
             return None
     return reads
@@ -220,13 +220,14 @@ def _reads_an_input(n: fx.Node) -> bool:
             return True
         if m not in seen:
             seen.add(m)
-            todo += _node_args(m)
+            todo += node_args(m)
     return False
 
 
-def _node_args(n: fx.Node) -> list[fx.Node]:
+def node_args(node: fx.Node) -> list[fx.Node]:
+    """The nodes among ``node``'s arguments, nested ones included, in order."""
     found: list[fx.Node] = []
-    fx.node.map_arg((n.args, n.kwargs), found.append)
+    fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)
     return found
 
 
