@@ -419,6 +419,7 @@ class _Recorder(fx.Interpreter):
 
     def __init__(self, traced: Traced):
         super().__init__(traced.root, garbage_collect_values=True, graph=traced.graph)
+        self.extra_traceback = False  # _node_error says where; fx would append its node dump and tlparse advice
         self.values: dict[fx.Node, Any] = {}
 
     def run_node(self, n: fx.Node) -> Any:
@@ -434,9 +435,9 @@ def _node_error(n: fx.Node, e: Exception) -> GraphBuildError:
     where = f"module {n.target!r}" if n.op == "call_module" else f"{n.op} {n.target}"
     return GraphBuildError(
         f"running the model on example_inputs failed at node {n.name!r} ({where}): "
-        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n"
-        f"Check that example_inputs have the shape and dtype the model "
-        f"expects (for images: a batch [N, C, H, W] with the model's C and a large enough H, W)."
+        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. Check that example_inputs have the "
+        f"shape and dtype the model expects (for images: a batch [N, C, H, W] with the model's C and a large "
+        f"enough H, W; CLI: --image-size or --input-shape)"
     )
 
 

@@ -188,6 +188,12 @@ BEFORE_TRAINING = [
     ("limit-train-0", ["--set", "data.limit_train=0"], ["data.limit_train must be >= 1"], ["DDP"]),
     ("strategy-case", ["--strategy", "CHEX"], ["unknown strategy 'CHEX'; did you mean 'chex'?"], []),
     (
+        "input-too-small",  # digits are 8x8: VGG's five poolings run out of pixels
+        ["--model", "vgg11_bn"],
+        ["vgg11_bn does not accept inputs of shape [N, 1, 8, 8]", "Output size is too small", "data.image_size"],
+        ["While executing", "tlparse"],
+    ),
+    (
         "untraceable-model",
         ["--plugins", "untraceable_model", "--model", "untraceable_model:net"],
         ["torch.fx cannot trace the forward of Net"],
@@ -203,6 +209,15 @@ def test_bad_input_fails_before_the_run_directory(work, args, words, absent):
         assert w in line, line
     for w in absent:
         assert w not in line, line
+
+
+def test_graph_of_a_model_its_input_is_too_small_for_is_one_line(work):
+    # the channel graph runs the model once on the example: its error names the node and the flag, without
+    # fx's node dump and tlparse advice
+    line = error_line(pk("graph", "--model", "vgg11_bn", "--dataset", "digits", cwd=work), work)
+    for w in ("running the model on example_inputs failed at node", "Output size is too small", "--image-size"):
+        assert w in line, line
+    assert "While executing" not in line and "tlparse" not in line
 
 
 def test_compare_with_a_missing_dataset_fails_once_before_any_run(work):
