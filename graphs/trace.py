@@ -264,9 +264,8 @@ class _ShapeGuardTracer(_Tracer):
         return proxy
 
     def _run(self, node: fx.Node) -> Any:
-        if node.op == "placeholder":
-            i = sum(1 for n in self.concrete if n.op == "placeholder")
-            return self.example[i]
+        if node.op == "placeholder":  # the i-th input (placeholders come first, this one last so far)
+            return self.example[sum(1 for n in self.graph.nodes if n.op == "placeholder") - 1]
         args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: self.concrete[n])
         self.executing = True  # module attribute reads and calls below return plain values, not proxies
         try:

@@ -104,18 +104,19 @@ def load_compare(out_dir: str, trusted_factories: Iterable[str] = (), trust: boo
     return cfg, names
 
 
-def resume_state(run_dir: str) -> str:
-    """What ``compare --resume`` does with one strategy's run directory: ``keep`` a finished or diverged run,
-    ``continue`` one with a checkpoint (unfinished, or failed after it), ``rerun`` one without (failed before
-    its first checkpoint, or missing; what a failure left there is removed)."""
+def resume_state(run_dir: str) -> tuple[str, RunResult]:
+    """What ``compare --resume`` does with one strategy's run directory, and the directory's row
+    (``sweep.run_state``): ``keep`` a finished or diverged run, ``continue`` one with a checkpoint (unfinished,
+    or failed after it), ``rerun`` one without (failed before its first checkpoint, or missing; what a failure
+    left there is removed)."""
     from .sweep import run_state
 
     state = run_state(run_dir)
     if state.status in ("ok", "diverged"):
-        return "keep"
+        return "keep", state
     if os.path.exists(os.path.join(run_dir, ckpt.CHECKPOINT)):
-        return "continue"
-    return "rerun"
+        return "continue", state
+    return "rerun", state
 
 
 def compare(
@@ -164,17 +165,15 @@ def compare(
     for name in names:
         sub = strategy_run_config(cfg, cfg, name, out_dir, run_name(name))
         sub_dir = os.path.join(out_dir, sub.run.name)
-        state = resume_state(sub_dir) if resume is not None else "rerun"
+        state, row = resume_state(sub_dir) if resume is not None else ("rerun", None)
         if state == "keep":
-            results.append(RunResult.from_dir(sub_dir))
+            results.append(row)
             if env.main:
-                print(f"[prunekit] {sub.run.name}: kept ({results[-1].status}, {sub_dir})", file=sys.stderr)
+                print(f"[prunekit] {sub.run.name}: kept ({row.status}, {sub_dir})", file=sys.stderr)
             continue
-        if state == "rerun" and resume is not None and env.main:
+        if state == "rerun" and row is not None and env.main:
             if os.path.isdir(sub_dir):  # a failure before the first checkpoint: it runs again in the same place
-                from .sweep import run_state
-
-                print(f"[prunekit] {sub.run.name}: running again ({run_state(sub_dir).error})", file=sys.stderr)
+                print(f"[prunekit] {sub.run.name}: running again ({row.error})", file=sys.stderr)
                 shutil.rmtree(sub_dir)
             else:
                 print(f"[prunekit] {sub.run.name}: not run yet, running it", file=sys.stderr)
